@@ -1,0 +1,101 @@
+"""Load and validate the workflow configuration against ``schemas/config.schema.yaml``.
+
+Validation fills in the schema's defaults and turns every violation into one
+message that names the key (``data.splits.train``), what is wrong and what
+to do, before any job runs.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import os
+from pathlib import Path
+from typing import Any, Mapping
+
+import jsonschema
+import yaml
+
+SCHEMA_DIR = Path(__file__).resolve().parent.parent / "schemas"
+CONFIG_SCHEMA = SCHEMA_DIR / "config.schema.yaml"
+
+
+class ConfigError(ValueError):
+    """The configuration does not match its schema."""
+
+
+def load_schema(path: str | os.PathLike = CONFIG_SCHEMA) -> dict[str, Any]:
+    with open(path, encoding="utf-8") as fh:
+        return yaml.safe_load(fh)
+
+
+def _fill_defaults(instance: Any, schema: Mapping[str, Any]) -> None:
+    """Recursively insert the schema's defaults for missing object keys (in place)."""
+    if not isinstance(instance, dict):
+        return
+    for key, sub in schema.get("properties", {}).items():
+        if key not in instance and "default" in sub:
+            instance[key] = copy.deepcopy(sub["default"])
+        if key in instance:
+            _fill_defaults(instance[key], sub)
+
+
+def _key_name(error: jsonschema.ValidationError) -> str:
+    return ".".join(str(p) for p in error.absolute_path) or "(top level)"
+
+
+def _describe(error: jsonschema.ValidationError, source: str) -> str:
+    key = _key_name(error)
+    if error.validator == "additionalProperties":
+        allowed = sorted(error.schema.get("properties", {}))
+        extra = [k for k in error.instance if k not in allowed]
+        parts = []
+        for name in extra:
+            full = f"{key}.{name}" if key != "(top level)" else name
+            close = difflib.get_close_matches(name, allowed, n=1)
+            hint = f" Did you mean '{close[0]}'?" if close else ""
+            parts.append(f"{source}: unknown key '{full}'.{hint} Allowed here: {', '.join(allowed)}.")
+        return "\n".join(parts)
+    description = error.schema.get("description", "") if isinstance(error.schema, dict) else ""
+    hint = f" ({description})" if description else ""
+    return f"{source}: key '{key}': {error.message}.{hint}"
+
+
+def validate_config(
+    config: Mapping[str, Any], schema: Mapping[str, Any] | None = None, source: str = "config"
+) -> dict[str, Any]:
+    """Return a validated deep copy of ``config`` with defaults filled in.
+
+    Raises :class:`ConfigError` listing every problem, each naming its key.
+    """
+    schema = load_schema() if schema is None else schema
+    cfg = copy.deepcopy(dict(config))
+    _fill_defaults(cfg, schema)
+    validator = jsonschema.Draft202012Validator(schema)
+    errors = sorted(validator.iter_errors(cfg), key=lambda e: list(map(str, e.absolute_path)))
+    if errors:
+        raise ConfigError("\n".join(_describe(e, source) for e in errors))
+    _check_semantics(cfg, source)
+    return cfg
+
+
+def _check_semantics(cfg: Mapping[str, Any], source: str) -> None:
+    """Rules a JSON Schema cannot say."""
+    data = cfg["data"]
+    if data["source"] == "sheet" and not data.get("sheet"):
+        raise ConfigError(f"{source}: key 'data.sheet' is required when data.source is 'sheet'; give the path of a .csv, .tsv or .parquet image sheet.")
+    total = sum(data["splits"].values())
+    if abs(total - 1.0) > 1e-6:
+        raise ConfigError(f"{source}: key 'data.splits': fractions sum to {total:g}, not 1; adjust train/val/test.")
+    results = cfg["results"]
+    if os.path.isabs(results) or ".." in Path(results).parts:
+        raise ConfigError(f"{source}: key 'results': '{results}' must be a relative folder inside the working directory.")
+
+
+def load_config(path: str | os.PathLike) -> dict[str, Any]:
+    """Read a YAML config file and validate it."""
+    with open(path, encoding="utf-8") as fh:
+        raw = yaml.safe_load(fh) or {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: the config must be a mapping of keys to values.")
+    return validate_config(raw, source=str(path))
