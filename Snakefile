@@ -1,0 +1,18 @@
+# AIS: ablation-based image-realism saliency.
+# finetune -> per-shard channel ablation (Parquet) -> fusion -> heatmaps -> report
+from snakemake.utils import min_version
+
+min_version("8.20")
+
+
+configfile: "config.yaml"
+
+
+include: "rules/common.smk"
+include: "rules/data.smk"
+
+
+rule all:
+    input:
+        get_final_output(),
+    default_target: True
