@@ -323,3 +323,27 @@ def run_intake(
     log.info("intake: %d images, splits %s", len(manifest), manifest["split"].value_counts().to_dict())
     write_manifest(manifest, rejected, manifest_path, rejected_path, metadata)
     return manifest
+
+
+def read_manifest(path: str | os.PathLike) -> pd.DataFrame:
+    """Read the manifest written by :func:`write_manifest`."""
+    return pd.read_parquet(path)
+
+
+def select_split(manifest: pd.DataFrame, split: str) -> pd.DataFrame:
+    """Rows of ``split`` (``all`` keeps every row), ordered by image id."""
+    rows = manifest if split == "all" else manifest[manifest["split"] == split]
+    return rows.sort_values("image_id", kind="stable").reset_index(drop=True)
+
+
+def shard_rows(manifest: pd.DataFrame, split: str, n_shards: int, shard: int) -> pd.DataFrame:
+    """The images of shard ``shard`` (0-based) of ``n_shards``: contiguous, near-equal blocks by image id.
+
+    Every selected image is in exactly one shard; a shard may be empty when
+    there are fewer images than shards.
+    """
+    if not 0 <= shard < n_shards:
+        raise ValueError(f"shard {shard} out of range for {n_shards} shards")
+    rows = select_split(manifest, split)
+    bounds = np.linspace(0, len(rows), n_shards + 1).round().astype(int)
+    return rows.iloc[bounds[shard]: bounds[shard + 1]].reset_index(drop=True)

@@ -149,3 +149,17 @@ def test_run_intake_writes_manifest_and_rejected(tmp_path: Path):
     assert meta["counts"] == {"train": 1} and meta["rejected"] == 1 and meta["config"] == {"seed": 0}
     rejected = pd.read_csv(tmp_path / "out" / "rejected.csv")
     assert rejected["path"].tolist() == ["gone.png"] and "not found" in rejected["reason"].item()
+
+
+def test_shards_partition_the_split():
+    from ais.data import shard_rows
+
+    manifest = pd.DataFrame({"image_id": [f"i{k:02d}" for k in range(10)],
+                             "split": ["test", "train"] * 5})
+    shards = [shard_rows(manifest, "test", 3, s) for s in range(3)]
+    assert [len(s) for s in shards] == [2, 1, 2]
+    assert sum((s["image_id"].tolist() for s in shards), []) == ["i00", "i02", "i04", "i06", "i08"]
+    assert sum(len(shard_rows(manifest, "all", 4, s)) for s in range(4)) == 10
+    assert len(shard_rows(manifest, "test", 8, 7)) == 1 and len(shard_rows(manifest, "test", 8, 1)) == 0
+    with pytest.raises(ValueError):
+        shard_rows(manifest, "test", 3, 3)
