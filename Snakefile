@@ -10,6 +10,8 @@ configfile: "config.yaml"
 
 include: "rules/common.smk"
 include: "rules/data.smk"
+include: "rules/model.smk"
+include: "rules/ablation.smk"
 
 
 rule all:

@@ -1,8 +1,11 @@
 # Parse-time Python: config validation, paths, input functions. Rules hold no lambdas.
+import os
 import sys
 from pathlib import Path
 
-sys.path.insert(0, workflow.basedir)  # the ais package, also without an install
+# The ais package, also without an install and in jobs (scripts, conda envs, cluster jobs).
+sys.path.insert(0, workflow.basedir)
+os.environ.update(PYTHONPATH=os.pathsep.join(filter(None, [workflow.basedir, os.environ.get("PYTHONPATH")])))
 
 from ais.config import ConfigError, validate_config
 
@@ -31,6 +34,20 @@ def get_sheet():
     return config["data"]["sheet"]
 
 
+def get_training_model_params():
+    """The model section minus the target layer: choosing another layer reruns ablation, not training."""
+    return {k: v for k, v in config["model"].items() if k != "target_layer"}
+
+
+def get_ablation_shards():
+    """Every ablation shard of the run."""
+    return [f"{R}/ablation/shard-{i}.parquet" for i in range(config["ablation"]["shards"])]
+
+
 def get_final_output():
-    """What `rule all` builds: the final outputs of every stage."""
-    return [f"{R}/data/manifest.parquet"]
+    """The targets of the default target: the final outputs of every stage."""
+    return [
+        f"{R}/data/manifest.parquet",
+        f"{R}/model/metrics.json",
+        *get_ablation_shards(),
+    ]

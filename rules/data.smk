@@ -7,6 +7,8 @@ rule make_demo:
         f"{LOGS}/demo/sheet.log",
     params:
         demo=config["demo"],
+    conda:
+        "../envs/ais.yaml"
     script:
         "../workflow_scripts/make_demo.py"
 
@@ -23,5 +25,7 @@ rule intake_sheet:
         data=config["data"],
         seed=config["seed"],
         demo=config["data"]["source"] == "demo",
+    conda:
+        "../envs/ais.yaml"
     script:
         "../workflow_scripts/intake_sheet.py"
