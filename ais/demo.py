@@ -1,0 +1,454 @@
+"""The offline synthetic realism data set ("demo"): plainly synthetic images with known answers.
+
+Every image is a synthetic scene with natural-image statistics (a 1/f
+amplitude spectrum, colour, smooth illumination, soft and hard-edged shapes)
+into which a few non-overlapping rectangular or elliptical regions are
+painted. Each region carries one artefact type (see :data:`ARTEFACTS`):
+
+- *lower* realism, imitating image-generator artefacts: ``checkerboard``
+  (transposed-convolution upsampling: 2x2 blockiness plus a period-4 pattern),
+  ``grid_noise`` (periodic high-frequency gridding, period 3-5 px), ``waxy``
+  (over-smoothed, slightly over-saturated "plastic" patch) and ``banding``
+  (colour posterisation into a few flat bands);
+- *raise* realism, imitating camera traits: ``grain`` (signal-dependent sensor
+  noise), ``defocus`` (slight Gaussian blur) and ``chromatic_aberration``
+  (red and blue channels shifted apart along the radius of the lens).
+
+The latent realism of an image is ``3 + gain * (sum over raise regions of
+strength * area - sum over lower regions of strength * area)`` with ``area``
+the region's fraction of the image and ``strength`` in [0.5, 1] (it also sets
+how visible the artefact is). Each of ``n_raters`` simulated raters reports
+the latent realism plus Gaussian noise of standard deviation
+``rater_noise``; the score is their mean, clipped to [1, 5].
+
+Output layout under ``out_dir``:
+
+- ``images/demo-0000.png``: 8-bit RGB PNG, ``size`` x ``size``;
+- ``masks/demo-0000.png``: 8-bit greyscale PNG of the same size whose pixel
+  value is a bit field, bit ``ARTEFACTS[name].bit`` set where artefact
+  ``name`` was painted; read it with :func:`load_mask`;
+- ``sheet.csv``: columns ``path``, ``score`` (empty for unlabelled images) and
+  ``mask``, both paths relative to ``out_dir`` -- an ordinary image sheet;
+- ``demo.json``: the generator parameters, the artefact types and, per
+  image, the regions placed (type, shape, box, strength, area), the latent
+  realism and the score.
+
+Everything is a deterministic function of the parameters: image ``i`` uses
+its own ``numpy.random.default_rng([seed, i, ...])`` streams, so an image does
+not depend on ``n_images``, and the ratings do not change the pixels.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+from PIL import Image
+from scipy import ndimage
+
+from ais.io import write_bytes, write_json, write_text
+
+log = logging.getLogger(__name__)
+
+BASE_REALISM = 3.0
+GAIN = 10.0  # score points per unit of strength * image fraction
+SCORE_RANGE = (1.0, 5.0)
+SIDE_RANGE = (0.25, 0.45)  # region height and width, as fractions of the image side
+STRENGTH_RANGE = (0.5, 1.0)
+BACKGROUND_NOISE = 0.015  # the scene's own faint sensor noise; generator artefacts are painted noise-free
+CAMERA_NOISE_FLOOR = 0.04  # sensor noise that comes with the other camera traits (defocus, aberration)
+REGION_COUNT_P = (0.25, 0.35, 0.25, 0.15)  # P(0, 1, 2, 3 regions) for each of lower and raise
+PNG_OPTIONS = {"format": "PNG", "optimize": False, "compress_level": 6}
+
+# Streams of the per-image generators: default_rng([seed, index, stream]).
+_STREAM_IMAGE = 0
+_STREAM_RATERS = 1
+_STREAM_UNLABELLED = 2
+
+
+@dataclass(frozen=True)
+class Artefact:
+    """One region type: its bit in the mask, its effect on realism, what it imitates."""
+
+    bit: int
+    effect: str  # "raise" or "lower"
+    imitates: str
+
+
+ARTEFACTS: dict[str, Artefact] = {
+    "checkerboard": Artefact(0, "lower", "transposed-convolution upsampling: 2x2 blocks plus a period-4 checkerboard"),
+    "grid_noise": Artefact(1, "lower", "periodic high-frequency gridding (period 4-6 px) of generator outputs"),
+    "waxy": Artefact(2, "lower", "over-smoothed, over-saturated 'plastic' patch without texture"),
+    "banding": Artefact(3, "lower", "colour banding: posterisation into a few flat levels"),
+    "grain": Artefact(4, "raise", "camera sensor grain: fine signal-dependent noise"),
+    "defocus": Artefact(5, "raise", "slight lens blur / defocus"),
+    "chromatic_aberration": Artefact(6, "raise", "lateral chromatic aberration: red and blue shifted radially"),
+}
+LOWER = tuple(k for k, a in ARTEFACTS.items() if a.effect == "lower")
+RAISE = tuple(k for k, a in ARTEFACTS.items() if a.effect == "raise")
+
+
+@dataclass
+class Region:
+    """One painted region; ``box`` is ``(y0, x0, y1, x1)`` in pixels, end exclusive."""
+
+    type: str
+    shape: str  # "rect" or "ellipse"
+    box: tuple[int, int, int, int]
+    strength: float
+    area: float = 0.0  # fraction of the image's pixels inside the mask
+
+    def to_json(self) -> dict:
+        return {
+            "type": self.type,
+            "effect": ARTEFACTS[self.type].effect,
+            "shape": self.shape,
+            "box": list(self.box),
+            "strength": round(self.strength, 6),
+            "area": round(self.area, 6),
+        }
+
+
+@dataclass
+class DemoImage:
+    """One generated image: ``image`` and ``clean`` ``(H, W, 3)`` uint8, ``mask`` ``(H, W)`` uint8 bit field."""
+
+    image: np.ndarray
+    clean: np.ndarray
+    mask: np.ndarray
+    regions: list[Region] = field(default_factory=list)
+    latent: float = BASE_REALISM
+
+
+# --------------------------------------------------------------------------- base scene
+
+
+def _pink_noise(rng: np.random.Generator, size: int, alpha: float) -> np.ndarray:
+    """A ``(size, size)`` field with amplitude spectrum ``1 / f**alpha``, zero mean, unit std."""
+    fy = np.fft.fftfreq(size)[:, None]
+    fx = np.fft.rfftfreq(size)[None, :]
+    f = np.hypot(fx, fy)
+    f[0, 0] = 1.0
+    amp = f**-alpha
+    amp[0, 0] = 0.0
+    spec = (rng.standard_normal(f.shape) + 1j * rng.standard_normal(f.shape)) * amp
+    field_ = np.fft.irfft2(spec, s=(size, size))
+    return (field_ - field_.mean()) / (field_.std() + 1e-12)
+
+
+def _random_colour_basis(rng: np.random.Generator) -> np.ndarray:
+    """Two unit RGB directions orthogonal to grey (chroma axes), randomly rotated: ``(2, 3)``."""
+    grey = np.ones(3) / np.sqrt(3.0)
+    a = np.array([1.0, -1.0, 0.0]) / np.sqrt(2.0)
+    b = np.cross(grey, a)
+    t = rng.uniform(0, 2 * np.pi)
+    return np.stack([np.cos(t) * a + np.sin(t) * b, -np.sin(t) * a + np.cos(t) * b])
+
+
+def _base_scene(rng: np.random.Generator, size: int) -> np.ndarray:
+    """A clean synthetic scene ``(size, size, 3)`` float64 in [0, 1]."""
+    yy, xx = np.mgrid[0:size, 0:size] / max(size - 1, 1)
+    chroma = _random_colour_basis(rng)
+    lum = _pink_noise(rng, size, rng.uniform(1.15, 1.45))
+    c1 = _pink_noise(rng, size, 2.0)
+    c2 = _pink_noise(rng, size, 2.0)
+    mean = rng.uniform(0.3, 0.6, size=3)
+    img = mean + rng.uniform(0.08, 0.12) * lum[..., None]
+    img += rng.uniform(0.03, 0.07) * (c1[..., None] * chroma[0] + c2[..., None] * chroma[1])
+
+    # Shapes: colour/brightness offsets that keep the texture; some hard-edged (occlusions).
+    for _ in range(rng.integers(3, 8)):
+        cy, cx = rng.uniform(0, 1, size=2)
+        ry, rx = rng.uniform(0.08, 0.3, size=2)
+        theta = rng.uniform(0, np.pi)
+        dy, dx = yy - cy, xx - cx
+        u = (dx * np.cos(theta) + dy * np.sin(theta)) / rx
+        v = (-dx * np.sin(theta) + dy * np.cos(theta)) / ry
+        r = np.sqrt(u * u + v * v)
+        soft = rng.choice([0.5, 0.7, 1.0, 4.0]) / (size * min(rx, ry))  # edge width in radius units
+        alpha = 1.0 / (1.0 + np.exp(np.clip((r - 1.0) / soft, -50, 50)))
+        offset = rng.choice([-1, 1]) * rng.uniform(0.08, 0.22) + rng.uniform(-0.08, 0.08, size=3)
+        img += alpha[..., None] * offset
+
+    # Illumination: a linear ramp and a vignette, multiplicative.
+    t = rng.uniform(0, 2 * np.pi)
+    ramp = (xx - 0.5) * np.cos(t) + (yy - 0.5) * np.sin(t)
+    vignette = (xx - 0.5) ** 2 + (yy - 0.5) ** 2
+    light = 1.0 + rng.uniform(0.1, 0.4) * ramp - rng.uniform(0.0, 0.4) * vignette
+    img = img * light[..., None]
+    return np.clip(img, 0.02, 0.98)
+
+
+# --------------------------------------------------------------------------- artefacts
+# Each takes the scene (H, W, 3) float64, the rng, the strength in [0.5, 1] and the
+# region's centre (y, x) in pixels, and returns the fully artefacted scene; the caller
+# blends it in under the region's feathered mask.
+
+
+def _gauss(img: np.ndarray, sigma: float) -> np.ndarray:
+    return ndimage.gaussian_filter(img, sigma=(sigma, sigma, 0), mode="reflect")
+
+
+def _checkerboard(img, rng, s, centre):
+    h, w = img.shape[:2]
+    iy = (np.arange(h) // 2) * 2
+    ix = (np.arange(w) // 2) * 2
+    blocky = img[iy][:, ix]
+    # Two stacked stride-2 transposed convolutions: an uneven-overlap pattern of period 4.
+    u = rng.uniform(-1, 1, size=4)
+    v = rng.uniform(-1, 1, size=4)
+    tile = np.outer(u - u.mean(), v - v.mean())
+    tile /= np.abs(tile).max() + 1e-12
+    pattern = np.tile(tile, ((h + 3) // 4, (w + 3) // 4))[:h, :w]
+    tint = rng.uniform(0.7, 1.0, size=3)
+    return blocky + (0.08 + 0.08 * s) * pattern[..., None] * tint
+
+
+def _grid_noise(img, rng, s, centre):
+    h, w = img.shape[:2]
+    period = rng.choice([4.0, 5.0, 6.0])
+    yy, xx = np.mgrid[0:h, 0:w]
+    p1, p2 = rng.uniform(0, 2 * np.pi, size=2)
+    pattern = 0.5 * (np.cos(2 * np.pi * xx / period + p1) + np.cos(2 * np.pi * yy / period + p2))
+    tint = rng.uniform(0.5, 1.0, size=3)
+    return img + (0.08 + 0.08 * s) * pattern[..., None] * tint
+
+
+def _waxy(img, rng, s, centre):
+    size = img.shape[0]
+    smooth = _gauss(img, (0.05 + 0.04 * s) * size)
+    grey = smooth.mean(axis=2, keepdims=True)
+    waxy = grey + (1.4 + 0.6 * s) * (smooth - grey)
+    # A soft specular sheen off the region's centre: the "plastic" look.
+    yy, xx = np.mgrid[0 : img.shape[0], 0 : img.shape[1]]
+    cy, cx = centre[0] + rng.uniform(-0.05, 0.05) * size, centre[1] + rng.uniform(-0.05, 0.05) * size
+    sheen = np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * (0.06 * size) ** 2))
+    return waxy + (0.10 + 0.10 * s) * sheen[..., None]  # over-saturated, slightly glossy
+
+
+def _banding(img, rng, s, centre):
+    levels = 5.0 - 2.0 * s  # 3 to 4 levels
+    smooth = _gauss(img, 1.5)
+    return np.floor(smooth * levels + 0.5) / levels
+
+
+def _sensor_noise(img, rng, level):
+    """Signal-dependent (shot-like) luma noise plus weaker chroma noise of std ~``level``."""
+    h, w = img.shape[:2]
+    sigma = level * np.sqrt(np.clip(img, 0, 1) + 0.1) / np.sqrt(0.6)
+    luma = rng.standard_normal((h, w, 1))
+    chroma = 0.5 * rng.standard_normal((h, w, 3))
+    return img + sigma * (luma + chroma)
+
+
+def _grain(img, rng, s, centre):
+    return _sensor_noise(img, rng, 0.05 + 0.05 * s)
+
+
+def _defocus(img, rng, s, centre):
+    # A camera's out-of-focus patch still carries the sensor's noise floor.
+    return _sensor_noise(_gauss(img, 1.5 + 1.0 * s), rng, CAMERA_NOISE_FLOOR)
+
+
+def _chromatic_aberration(img, rng, s, centre):
+    size = img.shape[0]
+    dy, dx = centre[0] - (size - 1) / 2, centre[1] - (size - 1) / 2
+    norm = np.hypot(dy, dx)
+    if norm < 1e-6:
+        t = rng.uniform(0, 2 * np.pi)
+        dy, dx, norm = np.sin(t), np.cos(t), 1.0
+    d = 2.0 + 2.0 * s  # pixels
+    uy, ux = d * dy / norm, d * dx / norm
+    out = img.copy()
+    out[..., 0] = ndimage.shift(img[..., 0], (uy, ux), order=1, mode="nearest")
+    out[..., 2] = ndimage.shift(img[..., 2], (-uy, -ux), order=1, mode="nearest")
+    return _sensor_noise(out, rng, CAMERA_NOISE_FLOOR)
+
+
+_PAINTERS: dict[str, Callable] = {
+    "checkerboard": _checkerboard,
+    "grid_noise": _grid_noise,
+    "waxy": _waxy,
+    "banding": _banding,
+    "grain": _grain,
+    "defocus": _defocus,
+    "chromatic_aberration": _chromatic_aberration,
+}
+
+
+# --------------------------------------------------------------------------- regions
+
+
+def _region_mask(shape: str, box: tuple[int, int, int, int], size: int) -> np.ndarray:
+    y0, x0, y1, x1 = box
+    mask = np.zeros((size, size), dtype=bool)
+    if shape == "rect":
+        mask[y0:y1, x0:x1] = True
+        return mask
+    yy, xx = np.mgrid[0:size, 0:size] + 0.5
+    cy, cx = (y0 + y1) / 2, (x0 + x1) / 2
+    ry, rx = (y1 - y0) / 2, (x1 - x0) / 2
+    return ((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2 <= 1.0
+
+
+def _place_regions(rng: np.random.Generator, size: int) -> list[Region]:
+    """Draw the regions' types, shapes, strengths and non-overlapping boxes (a 2-px gap)."""
+    types = list(rng.choice(LOWER, size=rng.choice(4, p=REGION_COUNT_P)))
+    types += list(rng.choice(RAISE, size=rng.choice(4, p=REGION_COUNT_P)))
+    types = [str(types[i]) for i in rng.permutation(len(types))]
+    taken = np.zeros((size, size), dtype=bool)
+    regions = []
+    gap = 2
+    for kind in types:
+        shape = str(rng.choice(["rect", "ellipse"]))
+        strength = float(rng.uniform(*STRENGTH_RANGE))
+        for _ in range(30):
+            h, w = (np.round(rng.uniform(*SIDE_RANGE, size=2) * size).astype(int)).clip(4, size)
+            y0 = int(rng.integers(0, size - h + 1))
+            x0 = int(rng.integers(0, size - w + 1))
+            if not taken[max(y0 - gap, 0) : y0 + h + gap, max(x0 - gap, 0) : x0 + w + gap].any():
+                taken[y0 : y0 + h, x0 : x0 + w] = True
+                regions.append(Region(kind, shape, (y0, x0, y0 + int(h), x0 + int(w)), strength))
+                break
+    return regions
+
+
+def make_image(seed: int, index: int, size: int = 96) -> DemoImage:
+    """Generate image ``index`` of the demo with ``seed``; depends on nothing else."""
+    rng = np.random.default_rng([seed, index, _STREAM_IMAGE])
+    scene = _base_scene(rng, size)
+    clean = _sensor_noise(scene, rng, BACKGROUND_NOISE)
+    img = clean.copy()
+    mask = np.zeros((size, size), dtype=np.uint8)
+    regions = _place_regions(rng, size)
+    for region in regions:
+        hard = _region_mask(region.shape, region.box, size)
+        # Feathered inwards only: nothing changes outside the mask.
+        soft = np.where(hard, ndimage.gaussian_filter(hard.astype(np.float64), 0.7), 0.0)
+        y0, x0, y1, x1 = region.box
+        centre = ((y0 + y1 - 1) / 2, (x0 + x1 - 1) / 2)
+        # Painted from the noise-free scene (regions do not overlap).
+        painted = _PAINTERS[region.type](scene, rng, region.strength, centre)
+        img = img + soft[..., None] * (painted - img)
+        mask[hard] |= np.uint8(1 << ARTEFACTS[region.type].bit)
+        region.area = float(hard.mean())
+    latent = BASE_REALISM + GAIN * sum(
+        (1.0 if ARTEFACTS[r.type].effect == "raise" else -1.0) * r.strength * r.area for r in regions
+    )
+    return DemoImage(_to_uint8(img), _to_uint8(clean), mask, regions, float(latent))
+
+
+def _to_uint8(img: np.ndarray) -> np.ndarray:
+    return np.clip(np.round(img * 255.0), 0, 255).astype(np.uint8)
+
+
+def rate(seed: int, index: int, latent: float, n_raters: int = 20, rater_noise: float = 0.5) -> float:
+    """The mean of ``n_raters`` noisy ratings of ``latent``, clipped to [1, 5]."""
+    rng = np.random.default_rng([seed, index, _STREAM_RATERS])
+    ratings = latent + rater_noise * rng.standard_normal(n_raters)
+    return float(np.clip(ratings.mean(), *SCORE_RANGE))
+
+
+# --------------------------------------------------------------------------- files
+
+
+def _png_bytes(arr: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(arr, "RGB" if arr.ndim == 3 else "L").save(buf, **PNG_OPTIONS)
+    return buf.getvalue()
+
+
+def load_mask(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    """Read a demo mask PNG: ``{artefact: (H, W) bool}`` plus the unions ``"raise"`` and ``"lower"``."""
+    with Image.open(path) as im:
+        bits = np.asarray(im.convert("L"), dtype=np.uint8)
+    out = {name: (bits & (1 << a.bit)) != 0 for name, a in ARTEFACTS.items()}
+    out["raise"] = np.logical_or.reduce([out[k] for k in RAISE])
+    out["lower"] = np.logical_or.reduce([out[k] for k in LOWER])
+    return out
+
+
+def _unlabelled(seed: int, n_images: int, fraction: float) -> set[int]:
+    n = int(round(fraction * n_images))
+    rng = np.random.default_rng([seed, n_images, _STREAM_UNLABELLED])
+    return set(int(i) for i in rng.permutation(n_images)[:n])
+
+
+def generate_demo(
+    out_dir: str | os.PathLike,
+    n_images: int = 600,
+    size: int = 96,
+    seed: int = 0,
+    n_raters: int = 20,
+    rater_noise: float = 0.5,
+    unlabelled_fraction: float = 0.0,
+) -> Path:
+    """Write the demo data set under ``out_dir`` (layout in the module docstring); return ``sheet.csv``'s path."""
+    if n_images < 1 or size < 16 or n_raters < 1 or rater_noise < 0 or not 0 <= unlabelled_fraction <= 1:
+        raise ValueError(
+            f"invalid demo parameters: n_images={n_images} (>= 1), size={size} (>= 16), "
+            f"n_raters={n_raters} (>= 1), rater_noise={rater_noise} (>= 0), "
+            f"unlabelled_fraction={unlabelled_fraction} (0 to 1)"
+        )
+    out = Path(out_dir)
+    width = max(4, len(str(n_images - 1)))
+    unlabelled = _unlabelled(seed, n_images, unlabelled_fraction)
+    rows = []
+    records = []
+    for i in range(n_images):
+        demo = make_image(seed, i, size)
+        name = f"demo-{i:0{width}d}.png"
+        write_bytes(out / "images" / name, _png_bytes(demo.image))
+        write_bytes(out / "masks" / name, _png_bytes(demo.mask))
+        score = None if i in unlabelled else rate(seed, i, demo.latent, n_raters, rater_noise)
+        rows.append((f"images/{name}", "" if score is None else f"{score:.4f}", f"masks/{name}"))
+        records.append(
+            {
+                "path": f"images/{name}",
+                "mask": f"masks/{name}",
+                "latent": round(demo.latent, 6),
+                "score": None if score is None else round(score, 4),
+                "regions": [r.to_json() for r in demo.regions],
+            }
+        )
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(["path", "score", "mask"])
+    writer.writerows(rows)
+    sheet = out / "sheet.csv"
+    write_text(sheet, buf.getvalue())
+    write_json(
+        out / "demo.json",
+        {
+            "description": "Synthetic images for AIS (plainly synthetic; see ais/demo.py). Regions that lower "
+            "realism imitate generator artefacts; regions that raise it imitate camera traits.",
+            "parameters": {
+                "n_images": n_images,
+                "size": size,
+                "seed": seed,
+                "n_raters": n_raters,
+                "rater_noise": rater_noise,
+                "unlabelled_fraction": unlabelled_fraction,
+            },
+            "score": {
+                "latent": "base + gain * (sum_raise strength * area - sum_lower strength * area)",
+                "base": BASE_REALISM,
+                "gain": GAIN,
+                "score": "mean of n_raters ratings latent + N(0, rater_noise), clipped to range",
+                "range": list(SCORE_RANGE),
+            },
+            "mask_encoding": "8-bit greyscale PNG; bit `bit` of a pixel is set inside a region of that artefact",
+            "artefacts": {
+                k: {"bit": a.bit, "effect": a.effect, "imitates": a.imitates} for k, a in ARTEFACTS.items()
+            },
+            "images": records,
+        },
+    )
+    log.info("demo: %d images (%d unlabelled) of %d px written to %s", n_images, len(unlabelled), size, out)
+    return sheet
