@@ -10,7 +10,8 @@ reference:
   normalised to sum 1 (1 = identical distributions, 0 = disjoint). The
   benchmark's code also min-max scales each map first; we do not, because
   both maps compared here are non-negative and their zero level means
-  "no evidence" (negative values raise ``ValueError``).
+  "no evidence" (negative values raise ``ValueError``; an all-zero map
+  gives NaN for SIM and KLD).
 - :func:`kld`: ``KL(Q || P) = sum Q * log(eps + Q / (P + eps))`` with P, Q
   normalised to sum 1 and ``eps = 2.2204e-16`` (MATLAB's eps, as in the
   benchmark): the information lost when the judged map ``p`` stands in for

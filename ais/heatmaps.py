@@ -231,7 +231,9 @@ class LayerMap:
         m = torch.einsum("nc,nchw->nhw", w.to(acts.dtype), acts)
         return F.relu(m) if self.relu else m
 
-    def map_from(self, cap: Capture, size: tuple[int, int], channel_weights: Tensor | np.ndarray | None = None) -> Tensor:
+    def map_from(
+        self, cap: Capture, size: tuple[int, int], channel_weights: Tensor | np.ndarray | None = None
+    ) -> Tensor:
         """Unnormalised map resized to ``size`` = (H, W), ``(N, H, W)``."""
         return upsample(self.layer_map(cap, channel_weights), size)
 
