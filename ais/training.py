@@ -561,6 +561,7 @@ def fold_affine(layer: nn.Linear, scale: float, shift: float) -> None:
 def plot_training_curve(history: pd.DataFrame, path: str | os.PathLike, best_epoch: int) -> None:
     """Train/val loss and val SRCC per epoch, the best epoch marked; written atomically."""
     from matplotlib.figure import Figure  # no pyplot: no global backend state
+    from matplotlib.ticker import MaxNLocator
 
     fig = Figure(figsize=(9, 3.4), layout="constrained")
     ax_loss, ax_srcc = fig.subplots(1, 2)
@@ -571,6 +572,7 @@ def plot_training_curve(history: pd.DataFrame, path: str | os.PathLike, best_epo
     ax_srcc.plot(history["epoch"], history["val_srcc"], "o-", color="C2")
     ax_srcc.set(xlabel="epoch", ylabel="SRCC", title="Validation SRCC")
     for ax in (ax_loss, ax_srcc):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.axvline(best_epoch, color="0.5", ls="--", lw=1, label="best epoch")
         ax.grid(alpha=0.3)
     with io.atomic_path(path) as tmp:
