@@ -6,18 +6,21 @@ into which a few non-overlapping rectangular or elliptical regions are
 painted. Each region carries one artefact type (see :data:`ARTEFACTS`):
 
 - *lower* realism, imitating image-generator artefacts: ``checkerboard``
-  (transposed-convolution upsampling: 2x2 blockiness plus a period-4 pattern),
-  ``grid_noise`` (periodic high-frequency gridding, period 3-5 px), ``waxy``
+  (nearest-neighbour upsampling into cells of about size/24 px, alternate
+  cells offset up and down as by a transposed convolution), ``grid_noise``
+  (a smooth periodic grid of period size/14 to size/10 px), ``waxy``
   (over-smoothed, slightly over-saturated "plastic" patch) and ``banding``
-  (colour posterisation into a few flat bands);
+  (a smooth gradient quantised into flat bands with sharp steps);
 - *raise* realism, imitating camera traits: ``grain`` (signal-dependent sensor
   noise), ``defocus`` (slight Gaussian blur) and ``chromatic_aberration``
   (red and blue channels shifted apart along the radius of the lens).
 
-The latent realism of an image is ``3 + gain * (sum over raise regions of
-strength * area - sum over lower regions of strength * area)`` with ``area``
-the region's fraction of the image and ``strength`` in [0.5, 1] (it also sets
-how visible the artefact is). Each of ``n_raters`` simulated raters reports
+The latent realism of an image is ``BASE_REALISM + sum over raise regions of
+weight * strength * area - sum over lower regions of weight * strength *
+area`` with ``area`` the region's fraction of the image, ``strength`` in
+[0.5, 1] (it also sets how visible the artefact is) and ``weight`` the
+artefact type's realism points (:data:`LOWER_WEIGHT` for generator
+artefacts, :data:`RAISE_WEIGHT` for camera traits). Each of ``n_raters`` simulated raters reports
 the latent realism plus Gaussian noise of standard deviation
 ``rater_noise``; the score is their mean, clipped to [1, 5].
 
@@ -56,13 +59,15 @@ from ais.io import write_bytes, write_json, write_text
 
 log = logging.getLogger(__name__)
 
-BASE_REALISM = 3.0
-GAIN = 10.0  # score points per unit of strength * image fraction
+BASE_REALISM = 3.3
+# Realism points per unit of strength * image fraction: artefacts weigh more than camera traits.
+LOWER_WEIGHT = 10.0
+RAISE_WEIGHT = 6.5
 SCORE_RANGE = (1.0, 5.0)
-SIDE_RANGE = (0.25, 0.45)  # region height and width, as fractions of the image side
+SIDE_RANGE = (0.28, 0.48)  # region height and width, as fractions of the image side
 STRENGTH_RANGE = (0.5, 1.0)
-BACKGROUND_NOISE = 0.015  # the scene's own faint sensor noise; generator artefacts are painted noise-free
-CAMERA_NOISE_FLOOR = 0.04  # sensor noise that comes with the other camera traits (defocus, aberration)
+BACKGROUND_NOISE = 0.03  # the scene's own faint sensor noise; generator artefacts are painted noise-free
+CAMERA_NOISE_FLOOR = 0.06  # sensor noise that comes with the other camera traits (defocus, aberration)
 REGION_COUNT_P = (0.25, 0.35, 0.25, 0.15)  # P(0, 1, 2, 3 regions) for each of lower and raise
 PNG_OPTIONS = {"format": "PNG", "optimize": False, "compress_level": 6}
 
@@ -78,17 +83,18 @@ class Artefact:
 
     bit: int
     effect: str  # "raise" or "lower"
+    weight: float  # realism points per unit of strength * image fraction (sign from ``effect``)
     imitates: str
 
 
 ARTEFACTS: dict[str, Artefact] = {
-    "checkerboard": Artefact(0, "lower", "transposed-convolution upsampling: 2x2 blocks plus a period-4 checkerboard"),
-    "grid_noise": Artefact(1, "lower", "periodic high-frequency gridding (period 4-6 px) of generator outputs"),
-    "waxy": Artefact(2, "lower", "over-smoothed, over-saturated 'plastic' patch without texture"),
-    "banding": Artefact(3, "lower", "colour banding: posterisation into a few flat levels"),
-    "grain": Artefact(4, "raise", "camera sensor grain: fine signal-dependent noise"),
-    "defocus": Artefact(5, "raise", "slight lens blur / defocus"),
-    "chromatic_aberration": Artefact(6, "raise", "lateral chromatic aberration: red and blue shifted radially"),
+    "checkerboard": Artefact(0, "lower", LOWER_WEIGHT, "transposed-convolution upsampling: 2x2 blocks plus a period-4 checkerboard"),
+    "grid_noise": Artefact(1, "lower", LOWER_WEIGHT, "periodic high-frequency gridding (period 4-6 px) of generator outputs"),
+    "waxy": Artefact(2, "lower", LOWER_WEIGHT, "over-smoothed, over-saturated 'plastic' patch without texture"),
+    "banding": Artefact(3, "lower", LOWER_WEIGHT, "colour banding: posterisation into a few flat levels"),
+    "grain": Artefact(4, "raise", RAISE_WEIGHT, "camera sensor grain: fine signal-dependent noise"),
+    "defocus": Artefact(5, "raise", RAISE_WEIGHT, "slight lens blur / defocus"),
+    "chromatic_aberration": Artefact(6, "raise", RAISE_WEIGHT, "lateral chromatic aberration: red and blue shifted radially"),
 }
 LOWER = tuple(k for k, a in ARTEFACTS.items() if a.effect == "lower")
 RAISE = tuple(k for k, a in ARTEFACTS.items() if a.effect == "raise")
@@ -196,23 +202,22 @@ def _gauss(img: np.ndarray, sigma: float) -> np.ndarray:
 
 
 def _checkerboard(img, rng, s, centre):
+    # Nearest-neighbour upsampling (cells of ~size/24 px) with the uneven overlap of a
+    # transposed convolution: alternate cells are offset up and down, a checkerboard.
     h, w = img.shape[:2]
-    iy = (np.arange(h) // 2) * 2
-    ix = (np.arange(w) // 2) * 2
+    cell = max(2, int(round(h / 24)))
+    iy = (np.arange(h) // cell) * cell
+    ix = (np.arange(w) // cell) * cell
     blocky = img[iy][:, ix]
-    # Two stacked stride-2 transposed convolutions: an uneven-overlap pattern of period 4.
-    u = rng.uniform(-1, 1, size=4)
-    v = rng.uniform(-1, 1, size=4)
-    tile = np.outer(u - u.mean(), v - v.mean())
-    tile /= np.abs(tile).max() + 1e-12
-    pattern = np.tile(tile, ((h + 3) // 4, (w + 3) // 4))[:h, :w]
+    parity = ((np.arange(h) // cell)[:, None] + (np.arange(w) // cell)[None, :]) % 2
     tint = rng.uniform(0.7, 1.0, size=3)
-    return blocky + (0.08 + 0.08 * s) * pattern[..., None] * tint
+    return blocky + (0.06 + 0.06 * s) * (2.0 * parity - 1.0)[..., None] * tint
 
 
 def _grid_noise(img, rng, s, centre):
+    # A smooth periodic grid of ~size/14 to size/10 px, as left by some generators' upsamplers.
     h, w = img.shape[:2]
-    period = rng.choice([4.0, 5.0, 6.0])
+    period = rng.uniform(h / 14, h / 10)
     yy, xx = np.mgrid[0:h, 0:w]
     p1, p2 = rng.uniform(0, 2 * np.pi, size=2)
     pattern = 0.5 * (np.cos(2 * np.pi * xx / period + p1) + np.cos(2 * np.pi * yy / period + p2))
@@ -233,9 +238,14 @@ def _waxy(img, rng, s, centre):
 
 
 def _banding(img, rng, s, centre):
-    levels = 5.0 - 2.0 * s  # 3 to 4 levels
-    smooth = _gauss(img, 1.5)
-    return np.floor(smooth * levels + 0.5) / levels
+    # A smooth gradient (sky, wall) rendered with too few levels: flat bands, sharp steps.
+    h, w = img.shape[:2]
+    yy, xx = np.mgrid[0:h, 0:w]
+    t = rng.uniform(0, 2 * np.pi)
+    ramp = ((yy - centre[0]) * np.sin(t) + (xx - centre[1]) * np.cos(t)) / (0.15 * h)
+    smooth = _gauss(img, 0.05 * h) + 0.12 * ramp[..., None]
+    step = 0.06 + 0.04 * s
+    return np.floor(smooth / step + 0.5) * step
 
 
 def _sensor_noise(img, rng, level):
@@ -248,7 +258,7 @@ def _sensor_noise(img, rng, level):
 
 
 def _grain(img, rng, s, centre):
-    return _sensor_noise(img, rng, 0.05 + 0.05 * s)
+    return _sensor_noise(img, rng, 0.07 + 0.05 * s)
 
 
 def _defocus(img, rng, s, centre):
@@ -338,10 +348,13 @@ def make_image(seed: int, index: int, size: int = 96) -> DemoImage:
         img = img + soft[..., None] * (painted - img)
         mask[hard] |= np.uint8(1 << ARTEFACTS[region.type].bit)
         region.area = float(hard.mean())
-    latent = BASE_REALISM + GAIN * sum(
-        (1.0 if ARTEFACTS[r.type].effect == "raise" else -1.0) * r.strength * r.area for r in regions
-    )
+    latent = BASE_REALISM + sum(_signed_weight(r.type) * r.strength * r.area for r in regions)
     return DemoImage(_to_uint8(img), _to_uint8(clean), mask, regions, float(latent))
+
+
+def _signed_weight(name: str) -> float:
+    art = ARTEFACTS[name]
+    return art.weight if art.effect == "raise" else -art.weight
 
 
 def _to_uint8(img: np.ndarray) -> np.ndarray:
@@ -437,15 +450,16 @@ def generate_demo(
                 "unlabelled_fraction": unlabelled_fraction,
             },
             "score": {
-                "latent": "base + gain * (sum_raise strength * area - sum_lower strength * area)",
+                "latent": "base + sum over raise regions of weight * strength * area "
+                "- sum over lower regions of weight * strength * area",
                 "base": BASE_REALISM,
-                "gain": GAIN,
                 "score": "mean of n_raters ratings latent + N(0, rater_noise), clipped to range",
                 "range": list(SCORE_RANGE),
             },
             "mask_encoding": "8-bit greyscale PNG; bit `bit` of a pixel is set inside a region of that artefact",
             "artefacts": {
-                k: {"bit": a.bit, "effect": a.effect, "imitates": a.imitates} for k, a in ARTEFACTS.items()
+                k: {"bit": a.bit, "effect": a.effect, "weight": a.weight, "imitates": a.imitates}
+                for k, a in ARTEFACTS.items()
             },
             "images": records,
         },
