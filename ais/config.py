@@ -92,6 +92,60 @@ def _check_semantics(cfg: Mapping[str, Any], source: str) -> None:
         raise ConfigError(f"{source}: key 'results': '{results}' must be a relative folder inside the working directory.")
 
 
+WEIGHT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin")
+
+
+def check_paths(cfg: Mapping[str, Any], source: str = "config", base: str | os.PathLike = ".") -> None:
+    """Check that the files and folders a validated config names exist, naming the key if not.
+
+    Relative paths are relative to ``base`` (the working directory). Checked:
+    ``data.sheet`` (an existing file) and ``data.root`` (an existing folder)
+    when ``data.source`` is ``sheet``; ``model.weights`` unless it is ``none``
+    or one of torchvision's weights names for ``model.arch`` (then an existing
+    ``.safetensors``/``.pt``/``.pth``/``.bin`` file).
+    """
+    base = Path(base)
+    problems: list[str] = []
+    data = cfg["data"]
+    if data["source"] == "sheet":
+        sheet = base / str(data["sheet"])
+        if not sheet.is_file():
+            what = "is a folder, not a file" if sheet.is_dir() else "does not exist"
+            problems.append(f"{source}: key 'data.sheet': '{data['sheet']}' {what}; give the path of the "
+                            ".csv, .tsv or .parquet image sheet (relative paths start at the working directory).")
+        if data.get("root") is not None:
+            root = base / str(data["root"])
+            if not root.is_dir():
+                what = "is a file, not a folder" if root.exists() else "does not exist"
+                problems.append(f"{source}: key 'data.root': '{data['root']}' {what}; give the folder the sheet's "
+                                "image paths are relative to, or null for the sheet's own folder.")
+    model = cfg.get("model", {})
+    weights = str(model.get("weights", "none"))
+    if weights != "none":
+        path = base / Path(weights).expanduser()
+        if path.is_file():
+            if path.suffix.lower() not in WEIGHT_SUFFIXES:
+                problems.append(f"{source}: key 'model.weights': '{weights}' is not a .safetensors, .pt or .pth "
+                                "state dict file.")
+        elif weights not in _torchvision_weight_names(str(model.get("arch", "vgg16"))):
+            problems.append(
+                f"{source}: key 'model.weights': '{weights}' is neither 'none', a torchvision weights name for "
+                f"{model.get('arch')} ({', '.join(_torchvision_weight_names(str(model.get('arch', 'vgg16'))))}), "
+                "nor an existing .safetensors, .pt or .pth file."
+            )
+    if problems:
+        raise ConfigError("\n".join(problems))
+
+
+def _torchvision_weight_names(arch: str) -> list[str]:
+    import torchvision  # only when weights name something other than none or a file: keeps parsing fast
+
+    try:
+        return list(torchvision.models.get_model_weights(arch).__members__)
+    except (ValueError, KeyError):
+        return []
+
+
 def load_config(path: str | os.PathLike) -> dict[str, Any]:
     """Read a YAML config file and validate it."""
     with open(path, encoding="utf-8") as fh:

@@ -31,6 +31,13 @@ log = logging.getLogger(__name__)
 
 SPLIT_NAMES = ("train", "val", "test")
 _SAFE = re.compile(r"[^A-Za-z0-9._-]+")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+MAX_ID_LENGTH = 120  # derived ids and file stems; far below the 255-byte limit of file names
+
+
+def _is_missing(value: Any) -> bool:
+    """An empty cell: None, pandas' NA, or a float NaN coming from a text column."""
+    return value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value))
 
 
 class SheetError(ValueError):
@@ -42,13 +49,17 @@ class BadRowsError(ValueError):
 
     def __init__(self, sheet: str, rejected: pd.DataFrame) -> None:
         self.rejected = rejected
-        lines = [
+        super().__init__(
             f"{sheet}: {len(rejected)} bad row(s); fix or remove them, or set data.on_bad_image: skip "
-            "to drop them (they are then listed in results/data/rejected.csv):"
-        ]
-        for rec in rejected.itertuples(index=False):
-            lines.append(f"  row {rec.sheet_row} ({rec.column}) {rec.path}: {rec.reason}")
-        super().__init__("\n".join(lines))
+            "to drop them (they are then listed in results/data/rejected.csv):\n" + describe_rows(rejected)
+        )
+
+
+def describe_rows(rejected: pd.DataFrame) -> str:
+    """One line per rejected row: ``  row 3 (path) img/a.jpg: file not found``."""
+    return "\n".join(
+        f"  row {rec.sheet_row} ({rec.column}) {rec.path}: {rec.reason}" for rec in rejected.itertuples(index=False)
+    )
 
 
 @dataclass(frozen=True)
@@ -72,17 +83,27 @@ class SheetSpec:
 
 
 def read_sheet(path: str | os.PathLike) -> pd.DataFrame:
-    """Read a .csv, .tsv or .parquet sheet with every column as text (Parquet keeps its types)."""
+    """Read a .csv, .tsv or .parquet sheet with every column as text (Parquet keeps its types).
+
+    The index is the 0-based data row in the file: blank lines of a CSV/TSV
+    carry no data and are left out, but still count, so that row numbers in
+    messages match the file. Parquet is read with Arrow types, so a null
+    score (unlabelled) stays apart from a NaN one (rejected) and integer ids
+    stay integers. A UTF-8 byte-order mark (Excel's "CSV UTF-8") is ignored.
+    """
     path = Path(path)
     if not path.exists():
         raise SheetError(f"{path}: image sheet not found; set data.sheet to an existing .csv, .tsv or .parquet file.")
     suffix = path.suffix.lower()
     try:
         if suffix == ".parquet":
-            df = pd.read_parquet(path)
+            df = pd.read_parquet(path, dtype_backend="pyarrow").reset_index(drop=True)  # rows, not a stored index
         elif suffix in (".csv", ".tsv", ".txt"):
             sep = "\t" if suffix in (".tsv", ".txt") else ","
-            df = pd.read_csv(path, sep=sep, dtype=str, keep_default_na=False, encoding="utf-8")
+            df = pd.read_csv(
+                path, sep=sep, dtype=str, keep_default_na=False, encoding="utf-8-sig", skip_blank_lines=False
+            ).fillna("")  # a short row's missing cells are empty cells
+            df = df[~df.apply(lambda col: col.str.strip() == "").all(axis=1)]
         else:
             raise SheetError(f"{path}: unknown sheet format '{suffix}'; use .csv, .tsv or .parquet.")
     except SheetError:
@@ -96,33 +117,57 @@ def read_sheet(path: str | os.PathLike) -> pd.DataFrame:
     return df
 
 
+def _short_hash(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:8]
+
+
+def _cap(name: str, original: str) -> str:
+    """``name`` cut to :data:`MAX_ID_LENGTH` characters, a hash of ``original`` keeping it unique."""
+    if len(name) <= MAX_ID_LENGTH:
+        return name
+    return f"{name[:MAX_ID_LENGTH - 10].rstrip('._')}__{_short_hash(original)}"
+
+
 def derive_image_id(rel_path: str) -> str:
     """An image id from a relative path: ``a/b/c.jpg`` -> ``a__b__c``.
 
     Characters outside ``[A-Za-z0-9._-]`` are replaced by ``_``; when that
     changes the name, a short hash of the original path is appended so that
-    ids stay unique (``café.jpg`` -> ``caf__3f2a9c1e``).
+    ids stay unique (``café.jpg`` -> ``caf__3f2a9c1e``). Ids longer than
+    :data:`MAX_ID_LENGTH` characters are cut and get the hash too. The result
+    is always a safe file name (see :func:`file_stem`).
     """
     stem = os.path.splitext(rel_path.replace("\\", "/"))[0]
     parts = [p for p in stem.split("/") if p not in ("", ".")]
     raw = "__".join(parts)
-    safe = _SAFE.sub("_", unicodedata.normalize("NFC", raw)).strip("._") or "image"
+    safe = _SAFE.sub("_", unicodedata.normalize("NFC", raw)).lstrip("._-").rstrip("._") or "image"
     if safe != raw:
-        safe = f"{safe}__{hashlib.sha256(rel_path.encode('utf-8')).hexdigest()[:8]}"
-    return safe
+        safe = f"{safe}__{_short_hash(rel_path)}"
+    return _cap(safe, rel_path)
 
 
 def file_stem(image_id: str) -> str:
-    """A file name stem for ``image_id`` that cannot leave its folder (used for per-image outputs)."""
-    safe = _SAFE.sub("_", image_id).strip("._")
+    """A file name stem for ``image_id`` that cannot leave its folder (used for per-image outputs).
+
+    Only ``[A-Za-z0-9._-]``, starting with a letter or digit (never empty,
+    hidden, ``..`` or an option-like ``-x``), at most :data:`MAX_ID_LENGTH`
+    characters; a short hash of the id is appended whenever the id had to be
+    changed, so different ids give different stems.
+    """
+    safe = _SAFE.sub("_", image_id).lstrip("._-").rstrip("._")
     if safe != image_id or not safe:
-        safe = f"{safe or 'image'}__{hashlib.sha256(image_id.encode('utf-8')).hexdigest()[:8]}"
-    return safe
+        safe = f"{safe or 'image'}__{_short_hash(image_id)}"
+    return _cap(safe, image_id)
 
 
 def _parse_score(value: Any) -> tuple[float | None, str | None]:
-    """Return (score, None), (None, None) for an empty cell, or (None, reason)."""
-    if value is None or (not isinstance(value, str) and bool(pd.isna(value))):
+    """Return (score, None), (None, None) for an empty cell, or (None, reason).
+
+    Text cells come from CSV/TSV (empty text = unlabelled). A numeric NaN can
+    only come from a Parquet float column (nulls arrive as ``None``) and is
+    rejected like the text ``nan``.
+    """
+    if value is None or value is pd.NA:
         return None, None
     if isinstance(value, str):
         text = value.strip()
@@ -132,6 +177,8 @@ def _parse_score(value: Any) -> tuple[float | None, str | None]:
             number = float(text)
         except ValueError:
             return None, f"score {value!r} is not a number (leave the cell empty for an unlabelled image)"
+    elif isinstance(value, bool):
+        return None, f"score {value!r} is a boolean, not a number"
     else:
         try:
             number = float(value)
@@ -143,17 +190,34 @@ def _parse_score(value: Any) -> tuple[float | None, str | None]:
 
 
 def _resolve_path(root: Path, rel: str) -> tuple[str | None, str | None]:
-    """Join ``rel`` to ``root``; refuse absolute paths and paths that leave the root."""
-    if rel is None or (isinstance(rel, float) and math.isnan(rel)) or str(rel).strip() == "":
+    """Join ``rel`` to ``root``; refuse absolute paths and paths that leave the root.
+
+    "Leaving" is judged on the real path: ``../`` and symbolic links (of the
+    file or of a folder on the way) that point outside the root are refused.
+    When the file is missing but the other Unicode normalisation of its name
+    exists (NFC vs NFD: sheets written on macOS), that one is used.
+    """
+    if _is_missing(rel) or str(rel).strip() == "":
         return None, "empty image path"
     rel = str(rel).strip()
+    if "\x00" in rel:
+        return None, "image path contains a NUL character"
     if os.path.isabs(rel):
         return None, "absolute image path; paths must be relative to data.root"
     joined = os.path.normpath(os.path.join(str(root), rel))
+    if not os.path.lexists(joined):
+        for form in ("NFC", "NFD"):
+            other = unicodedata.normalize(form, joined)
+            if other != joined and os.path.lexists(other):
+                joined = other
+                break
     root_abs = os.path.realpath(root)
     real = os.path.realpath(joined)
     if os.path.commonpath([root_abs, real]) != root_abs:
-        return None, f"path leaves data.root ({root}); move the image under the root or change data.root"
+        how = " through a symbolic link" if os.path.commonpath([os.path.abspath(root), os.path.abspath(joined)]) \
+            == os.path.abspath(root) else ""
+        return None, (f"path leaves data.root{how}: it resolves to {real}, outside {root}; move the image "
+                      "under the root or change data.root")
     return joined, None
 
 
@@ -209,8 +273,9 @@ def build_manifest(
 
     records = sheet.to_dict("records")
     n = len(records)
-    for i, rec in enumerate(records):
-        row = i + 1
+    last_row = int(sheet.index[-1]) + 1
+    for i, rec in zip(sheet.index, records):
+        row = int(i) + 1
         rel = rec[spec.image_column]
         path, why = _resolve_path(root, rel)
         if why:
@@ -222,20 +287,27 @@ def build_manifest(
             continue
         if spec.id_column:
             raw_id = rec[spec.id_column]
-            image_id = "" if raw_id is None else str(raw_id).strip()
-            if image_id == "" or image_id.lower() == "nan":
+            image_id = "" if _is_missing(raw_id) else str(raw_id).strip()
+            if image_id == "":
                 reject(row, spec.id_column, rel, "empty image id")
+                continue
+            if _CONTROL.search(image_id):
+                reject(row, spec.id_column, rel, f"image id {image_id!r} contains a control character")
                 continue
         else:
             image_id = derive_image_id(str(rel).strip())
         if image_id in seen_ids:
+            hint = "" if spec.id_column else (
+                "; ids are derived from the paths (a/b.jpg -> a__b): give unique ids in a column named by "
+                "data.id_column if different files map to the same id")
             reject(row, spec.id_column or spec.image_column, rel,
-                   f"duplicate image id '{image_id}' (first on row {seen_ids[image_id]}); each image must appear once")
+                   f"duplicate image id '{image_id}' (first on row {seen_ids[image_id]}); each image must appear "
+                   f"once{hint}")
             continue
         split = None
         if spec.split_column:
             value = rec[spec.split_column]
-            text = "" if value is None or (isinstance(value, float) and math.isnan(value)) else str(value).strip().lower()
+            text = "" if _is_missing(value) else str(value).strip().lower()
             if score is None:
                 if text not in ("", "unlabelled", "unlabeled"):
                     reject(row, spec.split_column, rel, f"split '{value}' given for an image without a score; "
@@ -256,7 +328,7 @@ def build_manifest(
         mask = None
         if spec.mask_column:
             mval = rec[spec.mask_column]
-            if mval is not None and str(mval).strip() not in ("", "nan"):
+            if not _is_missing(mval) and str(mval).strip() != "":
                 mask, why = _resolve_path(root, str(mval))
                 if why:
                     reject(row, spec.mask_column, mval, why)
@@ -266,14 +338,14 @@ def build_manifest(
             "image_id": image_id, "path": path, "y_true": score, "split": split,
             "width": width, "height": height, "sheet_row": row, "mask": mask,
         })
-        if row % 500 == 0 or row == n:
-            log.info("intake: %d/%d rows checked, %d rejected", row, n, len(rejected))
+        if row % 500 == 0 or row == last_row:
+            log.info("intake: %d/%d rows checked, %d rejected", len(rows) + len(rejected), n, len(rejected))
 
     rejected_df = pd.DataFrame(rejected, columns=["sheet_row", "column", "path", "reason"])
     if len(rejected_df) and on_bad_image == "error":
         raise BadRowsError(name, rejected_df)
     if not rows:
-        raise SheetError(f"{name}: no usable rows ({len(rejected_df)} rejected); see the reasons in rejected.csv.")
+        raise SheetError(f"{name}: no usable rows; every row was rejected:\n{describe_rows(rejected_df)}")
 
     manifest = pd.DataFrame(rows)
     labelled = manifest["y_true"].notna()

@@ -9,6 +9,7 @@ antialiasing and, optionally, normalised with the ImageNet statistics.
 from __future__ import annotations
 
 import os
+import threading
 import warnings
 from typing import Sequence
 
@@ -18,41 +19,66 @@ from PIL import Image, ImageOps
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-DEFAULT_MAX_PIXELS = 178_956_970  # Pillow's own decompression-bomb limit (2x its warning size)
+DEFAULT_MAX_PIXELS = 178_956_970  # data.max_image_pixels default: Pillow's own limit (2x its warning size)
 
 
 class BadImageError(ValueError):
     """An image file that cannot be used; the message names the file and the reason."""
 
 
-def open_image(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+def open_image(path: str | os.PathLike, max_pixels: int | None = None) -> Image.Image:
     """Open ``path`` as an 8-bit RGB image with its EXIF orientation applied.
 
-    Raises :class:`BadImageError` for missing, empty, truncated or non-image
-    files and for images over ``max_pixels`` pixels.
+    Raises :class:`BadImageError` (message: ``"<path>: <reason>"``) for
+    missing, empty, truncated, corrupt or non-image files, and for images
+    with more than ``max_pixels`` pixels (decompression-bomb guard, checked on
+    the header before any pixel is decoded; Pillow's own
+    ``DecompressionBombError``/``Warning`` use the same limit and become the
+    same error). Intake passes ``data.max_image_pixels``; ``None`` (for
+    images intake already accepted) applies no limit, so later stages never
+    refuse an image intake let through. Multi-frame files give their first
+    frame.
     """
     path = os.fspath(path)
     if not os.path.exists(path):
         raise BadImageError(f"{path}: file not found")
+    if not os.path.isfile(path):
+        raise BadImageError(f"{path}: not a file (a folder or a special file)")
     if os.path.getsize(path) == 0:
         raise BadImageError(f"{path}: file is empty (0 bytes)")
     try:
-        with Image.open(path) as im:
-            w, h = im.size
-            if w * h > max_pixels:
-                raise BadImageError(
-                    f"{path}: {w}x{h} = {w * h} pixels exceeds data.max_image_pixels={max_pixels} "
-                    "(possible decompression bomb); raise the limit if the image is genuine"
-                )
-            with warnings.catch_warnings():
-                warnings.simplefilter("error", Image.DecompressionBombWarning)
-                im.load()
-            im = ImageOps.exif_transpose(im)
-            return to_rgb(im)
+        with _PILLOW_LIMIT_LOCK, warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            saved_limit = Image.MAX_IMAGE_PIXELS
+            try:
+                Image.MAX_IMAGE_PIXELS = None  # the header first, checked here with a clearer message
+                with Image.open(path) as im:
+                    w, h = im.size
+                    if max_pixels is not None and w * h > max_pixels:
+                        raise BadImageError(_too_large(path, f"{w}x{h} = {w * h} pixels", max_pixels))
+                    Image.MAX_IMAGE_PIXELS = max_pixels  # what plugins check while decoding frames and tiles
+                    im.load()
+                    im = ImageOps.exif_transpose(im)
+                    return to_rgb(im)
+            finally:
+                Image.MAX_IMAGE_PIXELS = saved_limit
     except BadImageError:
         raise
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise BadImageError(_too_large(path, f"{exc}".rstrip("."), max_pixels)) from exc
+    except Exception as exc:  # Pillow raises many types for corrupt files (OSError, SyntaxError, struct.error, ...)
         raise BadImageError(f"{path}: cannot be read as an image ({type(exc).__name__}: {exc})") from exc
+
+
+def _too_large(path: str, what: str, max_pixels: int | None) -> str:
+    return (
+        f"{path}: image too large ({what}); the limit is data.max_image_pixels={max_pixels} "
+        "(decompression-bomb guard); raise it if the image is genuine"
+    )
+
+
+# Pillow's bomb limit is a module global: the lock keeps threads from seeing each other's limit.
+_PILLOW_LIMIT_LOCK = threading.Lock()
 
 
 def to_rgb(im: Image.Image) -> Image.Image:

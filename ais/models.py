@@ -38,7 +38,6 @@ import numpy as np
 import torch
 import torchvision
 from safetensors.torch import load_file
-from safetensors.torch import save as safetensors_bytes
 from torch import nn
 
 from ais import io
@@ -344,7 +343,7 @@ def save_checkpoint(model: nn.Module, model_dir: str | os.PathLike, spec: Mappin
     state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
     weights_path = model_dir / MODEL_FILE
     metadata = {"format": CHECKPOINT_FORMAT, "arch": spec["arch"], "head": spec["head"]}
-    io.write_bytes(weights_path, safetensors_bytes(state, metadata=metadata))
+    io.write_bytes(weights_path, io.safetensors_bytes(state, metadata=metadata))  # sorted header: same bytes
     stored = dict(spec)
     target = resolve_target_layer(model, stored.get("target_layer", "auto"))
     stored.update(

@@ -37,3 +37,17 @@ def run_snakemake(workdir: Path, *args: str, check: bool = True, timeout: int = 
 @pytest.fixture
 def repo() -> Path:
     return REPO
+
+
+TINY = REPO / "tests" / "data" / "tiny.yaml"
+
+
+@pytest.fixture(scope="session")
+def tiny_workflow(tmp_path_factory) -> Path:
+    """The whole workflow run once on the tiny configuration, shared by the tests that only read its outputs."""
+    import shutil
+
+    work = tmp_path_factory.mktemp("tiny-session")
+    shutil.copy(TINY, work / "config.yaml")
+    run_snakemake(work, "--cores", "2", "--configfile", str(work / "config.yaml"))
+    return work
