@@ -41,7 +41,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.dataset as ds
 
-from ais.io import write_table
+from ais.io import nan_to_none, write_json, write_table
 from ais.tables import ABLATION_SCHEMA
 
 SCOPES = ("global", "per_image")
@@ -349,17 +349,28 @@ def fuse_shards(
     seed: int = 0,
     metadata: Mapping[str, Any] | None = None,
     n_splits: int = 20,
+    out_summary: str | os.PathLike | None = None,
+    log: Any = None,
 ) -> dict[str, Any]:
     """Fuse all ablation shards; write ``scores.parquet`` and ``channels.parquet`` atomically.
 
     Both files carry ``metadata`` (provenance) plus ``ais_fusion`` (scope,
     magnitude, ddof); the channels table also carries ``ais_summary`` (the
     returned dict: quadrant counts, flipped scores, split-half reliability).
+    With ``out_summary`` the same dict is also written there as JSON (NaN as
+    null), with ``metadata`` under ``provenance``. ``log``: a logger for
+    progress lines.
     """
-    fused = fuse(read_shards(shard_paths), scope=scope, magnitude=magnitude)
+    say = log.info if log is not None else (lambda *a: None)
+    frame = read_shards(shard_paths)
+    say("fusion: %d rows (%d images x %d channels) from %d shard(s); scope %s, magnitude %s",
+        len(frame), frame["image_id"].nunique(), frame["channel"].nunique(), len(shard_paths), scope, magnitude)
+    fused = fuse(frame, scope=scope, magnitude=magnitude)
     channels, reliability = channel_table(fused, n_boot=n_boot, seed=seed, n_splits=n_splits)
     summary = summarize(fused, reliability, scope, magnitude)
     summary.update({"n_boot": int(n_boot), "seed": int(seed)})
+    say("fusion: %d of %d signed scores flipped by the z-score (%s); split-half reliability of AIS %.3f",
+        summary["n_flipped"], summary["n_signed"], magnitude, reliability["ais"]["spearman"])
     fusion_meta = {"scope": scope, "magnitude": magnitude, "zscore_ddof": 0, "n_boot": n_boot, "seed": seed}
     meta = dict(metadata or {})
     write_table(
@@ -370,6 +381,8 @@ def fuse_shards(
         out_channels, pa.Table.from_pandas(channels, preserve_index=False), CHANNELS_SCHEMA,
         {**meta, "ais_fusion": fusion_meta, "ais_summary": summary},
     )
+    if out_summary is not None:
+        write_json(out_summary, nan_to_none({**summary, "provenance": meta}))
     return summary
 
 

@@ -20,6 +20,9 @@ Views (:func:`panel` tiles those whose maps are present):
 
 - ``AIS``: the signed AIS map (red: helpful channels, blue: harmful).
 - ``direction``: the -Δy-weighted map (red raises realism, blue lowers it).
+- ``raises`` / ``lowers``: the positive part (white to red) and the negative
+  part (white to blue) of the direction map, one at a time: where the model
+  sees evidence that raises / lowers realism.
 - ``dual``: hue from the direction map (red raises / blue lowers, strength =
   |direction|), saturation from helpfulness (the AIS map ``h``): the colour
   is mixed with its own grey level in proportion ``(1 + h) / 2``, so helpful
@@ -50,15 +53,31 @@ TITLE_HEIGHT = 14
 GAP = 2
 
 #: Panel order of the views and their titles.
-_VIEW_ORDER = ("image", "ais", "direction", "dual", "primary", "gradcam", "gradcampp")
+_VIEW_ORDER = ("image", "ais", "direction", "raises", "lowers", "dual", "primary", "gradcam", "gradcampp")
+#: Every view a panel can show (the ``heatmaps.views`` choices), besides the image.
+VIEWS = _VIEW_ORDER[1:]
 TITLES = {
     "image": "image",
     "ais": "AIS",
     "direction": "direction",
+    "raises": "raises realism",
+    "lowers": "lowers realism",
     "dual": "dual",
     "primary": "primary",
     "gradcam": "Grad-CAM",
     "gradcampp": "Grad-CAM++",
+}
+#: Titles used in panels whose tiles are too narrow for :data:`TITLES`.
+SHORT_TITLES = {
+    "image": "img",
+    "ais": "AIS",
+    "direction": "dir",
+    "raises": "raises",
+    "lowers": "lowers",
+    "dual": "dual",
+    "primary": "prim",
+    "gradcam": "GC",
+    "gradcampp": "GC++",
 }
 
 
@@ -249,40 +268,64 @@ def primary(
 
 
 def views(image: np.ndarray, maps: Mapping[str, np.ndarray], alpha: float = 0.4,
-          harm_threshold: float = 0.25, cmap: str = "jet") -> dict[str, np.ndarray]:
+          harm_threshold: float = 0.25, cmap: str = "jet",
+          keys: Sequence[str] | None = None) -> dict[str, np.ndarray]:
     """The views of one image whose maps are present, in panel order: ``{key: (H, W, 3) uint8}``.
 
     ``maps`` holds one image's maps ``(h, w)`` under the keys of
     :func:`ais.heatmaps.compute_maps`. ``primary`` uses ``helpful`` / ``harmful``
     when present, else the positive / negative parts of ``ais``; ``cmap`` is
-    the sequential colormap of the Grad-CAM views.
+    the sequential colormap of the Grad-CAM views. ``keys`` (any of
+    :data:`VIEWS`) limits the views computed; the image is always included.
     """
+    if keys is not None:
+        unknown = sorted(set(keys) - set(VIEWS))
+        if unknown:
+            raise ValueError(f"unknown view(s) {unknown}; choose from {', '.join(VIEWS)}")
+    want = set(VIEWS if keys is None else keys)
     canvas = _Canvas(image, alpha)
     out = {"image": canvas.image}
-    if "ais" in maps:
+    if "ais" in maps and "ais" in want:
         out["ais"] = canvas.overlay(maps["ais"])
     if "direction" in maps:
-        out["direction"] = canvas.overlay(maps["direction"])
-    if "direction" in maps and "ais" in maps:
+        if "direction" in want:
+            out["direction"] = canvas.overlay(maps["direction"])
+        if "raises" in want:
+            out["raises"] = canvas.overlay(np.maximum(canvas.resize(maps["direction"]), 0.0))
+        if "lowers" in want:
+            out["lowers"] = canvas.overlay(np.minimum(canvas.resize(maps["direction"]), 0.0))
+    if "direction" in maps and "ais" in maps and "dual" in want:
         out["dual"] = canvas.dual(maps["direction"], maps["ais"])
-    if "helpful" in maps and "harmful" in maps:
-        out["primary"] = canvas.primary(maps["helpful"], maps["harmful"], harm_threshold)
-    elif "ais" in maps:
-        out["primary"] = canvas.primary(maps["ais"], np.minimum(maps["ais"], 0.0), harm_threshold)
+    if "primary" in want:
+        if "helpful" in maps and "harmful" in maps:
+            out["primary"] = canvas.primary(maps["helpful"], maps["harmful"], harm_threshold)
+        elif "ais" in maps:
+            out["primary"] = canvas.primary(maps["ais"], np.minimum(maps["ais"], 0.0), harm_threshold)
     for key in ("gradcam", "gradcampp"):
-        if key in maps:
+        if key in maps and key in want:
             out[key] = canvas.overlay(maps[key], cmap)
     return out
 
 
 @functools.lru_cache(maxsize=32)
-def _title_band(tile_width: int, titles: tuple[str, ...]) -> np.ndarray:
-    """White band ``(TITLE_HEIGHT, width, 3)`` with each title centred over its tile (cached)."""
-    width = len(titles) * tile_width + (len(titles) - 1) * GAP
+def _title_band(tile_width: int, keys: tuple[str, ...]) -> np.ndarray:
+    """White band ``(TITLE_HEIGHT, width, 3)`` with each view's title centred over its tile (cached).
+
+    A title wider than its tile is replaced by its :data:`SHORT_TITLES` form
+    (``raises`` and ``lowers`` together, so that the pair reads alike).
+    """
+    width = len(keys) * tile_width + (len(keys) - 1) * GAP
     band = Image.new("RGB", (width, TITLE_HEIGHT), (255, 255, 255))
     draw = ImageDraw.Draw(band)
     font = ImageFont.load_default()
-    for i, title in enumerate(titles):
+
+    def fits(key: str) -> bool:
+        left, _, right, _ = draw.textbbox((0, 0), TITLES[key], font=font)
+        return right - left <= tile_width
+
+    for i, key in enumerate(keys):
+        pair = ("raises", "lowers") if key in ("raises", "lowers") else (key,)
+        title = TITLES[key] if all(fits(k) for k in pair) else SHORT_TITLES[key]
         left, top, right, bottom = draw.textbbox((0, 0), title, font=font)
         x = i * (tile_width + GAP) + (tile_width - (right - left)) // 2 - left
         y = (TITLE_HEIGHT - (bottom - top)) // 2 - top
@@ -293,20 +336,21 @@ def _title_band(tile_width: int, titles: tuple[str, ...]) -> np.ndarray:
 
 
 def panel(image: np.ndarray, maps: Mapping[str, np.ndarray], alpha: float = 0.4,
-          harm_threshold: float = 0.25, cmap: str = "jet", titles: bool = True) -> np.ndarray:
+          harm_threshold: float = 0.25, cmap: str = "jet", titles: bool = True,
+          keys: Sequence[str] | None = None) -> np.ndarray:
     """Views of one image tiled left to right with small titles: ``(TITLE_HEIGHT + H, W_total, 3)`` uint8.
 
-    ``maps`` holds one image's maps (see :func:`views`); tiles are separated by
-    :data:`GAP` white pixels.
+    ``maps`` holds one image's maps (see :func:`views`; ``keys`` picks the
+    views); tiles are separated by :data:`GAP` white pixels.
     """
-    tiles = views(image, maps, alpha, harm_threshold, cmap)
+    tiles = views(image, maps, alpha, harm_threshold, cmap, keys)
     keys = [k for k in _VIEW_ORDER if k in tiles]
     h, w = tiles["image"].shape[:2]
     width = len(keys) * w + (len(keys) - 1) * GAP
     top = TITLE_HEIGHT if titles else 0
     out = np.full((top + h, width, 3), 255, dtype=np.uint8)
     if titles:
-        out[:top] = _title_band(w, tuple(TITLES[k] for k in keys))
+        out[:top] = _title_band(w, tuple(keys))
     for i, key in enumerate(keys):
         x = i * (w + GAP)
         out[top:, x:x + w] = tiles[key]
@@ -382,7 +426,7 @@ def gallery_figure(
 
     if not images:
         raise ValueError("gallery_figure needs at least one image")
-    per_image = [views(img, m, alpha, harm_threshold) for img, m in zip(images, maps)]
+    per_image = [views(img, m, alpha, harm_threshold, keys=keys) for img, m in zip(images, maps)]
     columns = ["image"] + [k for k in keys if k in per_image[0]]
     n_rows, n_cols = len(per_image), len(columns)
     fig = Figure(figsize=(2.0 * n_cols, 2.0 * n_rows + 1.0), dpi=dpi)
@@ -416,9 +460,12 @@ def gallery_figure(
         if key in ("gradcam", "gradcampp"):
             mappable = ScalarMappable(norm=Normalize(0.0, 1.0), cmap=cam_cmap)
             ticks = [0.0, 0.5, 1.0]
-        elif key == "primary":
+        elif key in ("primary", "raises"):
             mappable = ScalarMappable(norm=Normalize(0.0, 1.0), cmap=ListedColormap(lut("bwr")[128:] / 255.0))
             ticks = [0.0, 0.5, 1.0]
+        elif key == "lowers":
+            mappable = ScalarMappable(norm=Normalize(-1.0, 0.0), cmap=ListedColormap(lut("bwr")[:129] / 255.0))
+            ticks = [-1.0, -0.5, 0.0]
         else:
             mappable = ScalarMappable(norm=TwoSlopeNorm(vcenter=0.0, vmin=-1.0, vmax=1.0), cmap=signed_cmap)
             ticks = [-1.0, 0.0, 1.0]

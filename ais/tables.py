@@ -47,4 +47,50 @@ PREDICTIONS_SCHEMA = pa.schema(
     ]
 )
 
+#: Localisation AUC columns of :data:`HEATMAP_SCHEMA` (and keys of localization.json):
+#: ``{column: (map, part, mask)}``. ``part`` ``pos`` ranks pixels by the signed map (most positive
+#: first: the positive map's order, its zeros ordered by the negative part), ``neg`` by the negated
+#: map; ``pos_clipped`` / ``neg_clipped`` by max(map, 0) / max(-map, 0) alone (ties at 0);
+#: ``all`` by the map as it is (Grad-CAM is >= 0).
+LOCALIZATION_AUCS = {
+    "ais_pos_auc": ("direction", "pos", "raise"),
+    "ais_neg_auc": ("direction", "neg", "lower"),
+    "ais_pos_clipped_auc": ("direction", "pos_clipped", "raise"),
+    "ais_neg_clipped_auc": ("direction", "neg_clipped", "lower"),
+    "ais_map_pos_auc": ("ais", "pos", "raise"),
+    "ais_map_neg_auc": ("ais", "neg", "lower"),
+    "gradcam_auc": ("gradcam", "all", "raise"),
+    "gradcam_lower_auc": ("gradcam", "all", "lower"),
+    "gradcampp_auc": ("gradcampp", "all", "raise"),
+}
+
+#: Agreement references of :data:`HEATMAP_SCHEMA`: ``{cc,sim,kld}_<reference>`` compare |AIS| with them.
+AGREEMENT_REFERENCES = ("gradcam", "gradcampp")
+
+#: results/heatmaps/shard-{i}/figures.parquet and results/heatmaps/agreement.parquet: one row per image with maps.
+HEATMAP_SCHEMA = pa.schema(
+    [
+        pa.field("image_id", pa.string(), nullable=False),
+        pa.field("shard", pa.int32(), nullable=False),  # ablation shard = heatmap folder shard-{i}
+        pa.field("split", pa.string(), nullable=False),
+        pa.field("path", pa.string(), nullable=False),  # the image file
+        pa.field("file_stem", pa.string(), nullable=False),  # shard-{i}/maps/{file_stem}.npz, panels/{file_stem}.png
+        pa.field("weights", pa.string(), nullable=False),  # AIS channel weights: image (own scores) | dataset
+        pa.field("y_true", pa.float64(), nullable=True),  # null = unlabelled
+        pa.field("y_pred", pa.float64(), nullable=False),
+        pa.field("abs_error", pa.float64(), nullable=True),  # |y_pred - y_true|
+        pa.field("ais_scale", pa.float64(), nullable=False),  # max |raw map| each map was divided by
+        pa.field("direction_scale", pa.float64(), nullable=False),
+        pa.field("gradcam_scale", pa.float64(), nullable=False),
+        *[
+            pa.field(f"{metric}_{ref}", pa.float64(), nullable=True)  # |AIS| (judged) vs reference
+            for ref in AGREEMENT_REFERENCES for metric in ("cc", "sim", "kld")
+        ],
+        pa.field("has_mask", pa.bool_(), nullable=False),  # ground-truth masks (demo only)
+        pa.field("raise_fraction", pa.float64(), nullable=True),  # pixels in a raise-realism region
+        pa.field("lower_fraction", pa.float64(), nullable=True),  # pixels in a lower-realism region
+        *[pa.field(name, pa.float64(), nullable=True) for name in LOCALIZATION_AUCS],
+    ]
+)
+
 SPLITS = ("train", "val", "test", "unlabelled")

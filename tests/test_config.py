@@ -42,6 +42,16 @@ def test_semantic_checks():
         validate_config({"results": "../elsewhere"})
 
 
+def test_heatmap_views_are_checked():
+    assert validate_config({})["heatmaps"]["views"][:2] == ["ais", "direction"]
+    with pytest.raises(ConfigError, match=r"heatmaps\.views"):
+        validate_config({"heatmaps": {"views": ["ais", "gradcam++"]}})
+    from ais.render import VIEWS
+
+    schema = yaml.safe_load((REPO / "schemas" / "config.schema.yaml").read_text())
+    assert schema["properties"]["heatmaps"]["properties"]["views"]["items"]["enum"] == list(VIEWS)
+
+
 def test_every_schema_property_has_a_description_and_closed_objects():
     schema = yaml.safe_load((REPO / "schemas" / "config.schema.yaml").read_text())
 

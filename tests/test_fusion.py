@@ -164,6 +164,26 @@ def test_fuse_shards_schemas_summary_and_metadata(tmp_path):
     assert read_metadata(scores_path)["ais_fusion"]["scope"] == "global"
 
 
+def test_fuse_shards_summary_json_is_strict_json(tmp_path):
+    import json
+
+    shards = write_shards(small_table(), tmp_path, n=2)
+    out = tmp_path / "out"
+    summary = fuse_shards(shards, out / "scores.parquet", out / "channels.parquet", n_boot=100, seed=3,
+                          n_splits=4, metadata={"git_revision": "abc"}, out_summary=out / "summary.json")
+
+    def no_nan(text):
+        raise AssertionError(f"{text} in summary.json")
+
+    loaded = json.loads((out / "summary.json").read_text(), parse_constant=no_nan)
+    assert loaded["n_flipped"] == summary["n_flipped"] == 1 and loaded["scope"] == "global"
+    assert loaded["quadrants"] == summary["quadrants"] and loaded["magnitude"] == "zscore"
+    assert loaded["reliability"]["ais"]["n_splits"] == 4
+    # two labelled images: one per half, fewer than 3 channels with values: no correlation -> null, not NaN
+    assert loaded["reliability"]["ais"]["spearman"] is None
+    assert loaded["provenance"] == {"git_revision": "abc"}
+
+
 def test_duplicate_rows_across_shards_rejected(tmp_path):
     table = small_table()
     paths = []

@@ -103,7 +103,7 @@ def test_panel_layout_and_determinism(tmp_path):
     maps = random_maps(rng)
     a = render.panel(img, maps)
     b = render.panel(img.copy(), {k: v.copy() for k, v in maps.items()})
-    n = 7  # image, AIS, direction, dual, primary, Grad-CAM, Grad-CAM++
+    n = 9  # image, AIS, direction, raises, lowers, dual, primary, Grad-CAM, Grad-CAM++
     assert a.shape == (render.TITLE_HEIGHT + 32, n * 40 + (n - 1) * render.GAP, 3) and a.dtype == np.uint8
     assert np.array_equal(a, b)
     assert np.array_equal(a[render.TITLE_HEIGHT:, :40], img)
@@ -118,6 +118,35 @@ def test_panel_layout_and_determinism(tmp_path):
         assert im.mode == "RGB"
         assert np.array_equal(np.asarray(im), a)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["p1.png", "p2.png"]
+
+
+def test_raises_and_lowers_views_are_the_parts_of_the_direction_map():
+    direction = np.array([[1.0, -1.0, 0.5]])
+    tiles = render.views(image(1, 3), {"direction": direction}, alpha=1.0)
+    assert list(tiles) == ["image", "direction", "raises", "lowers"]
+    assert tiles["raises"].tolist() == [[[255, 0, 0], [255, 255, 255], render.colorize(np.array([0.5]))[0].tolist()]]
+    assert tiles["lowers"].tolist() == [[[255, 255, 255], [0, 0, 255], [255, 255, 255]]]
+
+
+def test_views_and_panel_keys_choose_the_views():
+    rng = np.random.default_rng(3)
+    img = rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)
+    maps = random_maps(rng, 8, 8)
+    assert list(render.views(img, maps, keys=["gradcam", "ais"])) == ["image", "ais", "gradcam"]
+    full = render.panel(img, maps)
+    some = render.panel(img, maps, keys=["lowers", "ais"])
+    assert some.shape == (render.TITLE_HEIGHT + 8, 3 * 8 + 2 * render.GAP, 3)
+    np.testing.assert_array_equal(some[render.TITLE_HEIGHT:, 10:18], full[render.TITLE_HEIGHT:, 10:18])  # AIS
+    with pytest.raises(ValueError, match="unknown view"):
+        render.views(img, maps, keys=["AIS"])
+
+
+def test_narrow_tiles_get_short_titles():
+    narrow = render._title_band(24, ("raises", "gradcampp"))
+    wide = render._title_band(200, ("raises", "gradcampp"))
+    assert narrow.shape == (render.TITLE_HEIGHT, 2 * 24 + render.GAP, 3)
+    assert (narrow < 128).any() and (wide < 128).any()
+    assert set(render.SHORT_TITLES) == set(render.TITLES)
 
 
 def test_encode_png_round_trip():
