@@ -12,6 +12,12 @@ include: "rules/common.smk"
 include: "rules/data.smk"
 include: "rules/model.smk"
 include: "rules/ablation.smk"
+include: "rules/fusion.smk"
+include: "rules/heatmaps.smk"
+include: "rules/report.smk"
+
+
+report: "report/workflow.rst"
 
 
 rule all:

@@ -7,11 +7,12 @@ from pathlib import Path
 sys.path.insert(0, workflow.basedir)
 os.environ.update(PYTHONPATH=os.pathsep.join(filter(None, [workflow.basedir, os.environ.get("PYTHONPATH")])))
 
-from ais.config import ConfigError, validate_config
+from ais.config import ConfigError, check_paths, validate_config
 
 
 try:
     _validated = validate_config(config, source="config")
+    check_paths(_validated, source="config")  # data.sheet, data.root, model.weights exist
 except ConfigError as exc:
     raise WorkflowError(f"Invalid configuration (nothing was run):\n{exc}") from None
 config.clear()
@@ -44,10 +45,45 @@ def get_ablation_shards():
     return [f"{R}/ablation/shard-{i}.parquet" for i in range(config["ablation"]["shards"])]
 
 
+def get_heatmap_figures():
+    """The per-image figures table of every shard's heatmaps."""
+    return [f"{R}/heatmaps/shard-{i}/figures.parquet" for i in range(config["ablation"]["shards"])]
+
+
+def get_heatmap_maps():
+    """The maps folder of every shard, in shard order."""
+    return [f"{R}/heatmaps/shard-{i}/maps" for i in range(config["ablation"]["shards"])]
+
+
+def get_heatmap_panels():
+    """The PNG panels folder of every shard."""
+    return [f"{R}/heatmaps/shard-{i}/panels" for i in range(config["ablation"]["shards"])]
+
+
+_RENDER_KEYS = ("alpha", "harm_threshold", "views")
+
+
+def get_heatmap_compute_params():
+    """The heatmaps options that change the maps (not the rendering): a rendering option reruns only rendering."""
+    return {k: v for k, v in config["heatmaps"].items() if k not in _RENDER_KEYS and k != "gallery"}
+
+
+def get_heatmap_render_params():
+    """The heatmaps options that change only how maps are drawn (panels and gallery)."""
+    return {k: config["heatmaps"][k] for k in _RENDER_KEYS}
+
+
 def get_final_output():
     """The targets of the default target: the final outputs of every stage."""
     return [
         f"{R}/data/manifest.parquet",
         f"{R}/model/metrics.json",
         *get_ablation_shards(),
+        f"{R}/fusion/summary.json",
+        f"{R}/heatmaps/agreement.parquet",
+        f"{R}/heatmaps/localization.json",
+        f"{R}/heatmaps/gallery.png",
+        *get_heatmap_panels(),
+        f"{R}/report/index.html",
+        f"{R}/report/summary.json",
     ]
