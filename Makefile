@@ -3,9 +3,12 @@ VENV ?= .venv
 PYTHON ?= python3
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
+SLURM_STAMP := $(VENV)/.installed-slurm-stamp
 CORES ?= 8
+# setup_slurm.sh needs root (packages, /etc/slurm, daemons).
+SUDO ?= $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
 
-.PHONY: run test test-slurm bench clean-results lint dry-run
+.PHONY: run test test-slurm bench bench-dag clean-results lint dry-run
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -15,11 +18,22 @@ $(STAMP): pyproject.toml | $(PY)
 	$(PY) -m pip install --quiet -e '.[test]'
 	touch $@
 
+$(SLURM_STAMP): $(STAMP)
+	$(PY) -m pip install --quiet -e '.[test,slurm]'
+	touch $@
+
 run: $(STAMP)
 	$(VENV)/bin/snakemake --cores $(CORES)
 
 test: $(STAMP)
+	sh tests/tools/ensure_chromium.sh
 	$(VENV)/bin/pytest
+
+# A real single-node SLURM on this machine (installed and started if needed), then the
+# tiny workflow through profiles/slurm, compared with a local run (tests/test_slurm.py).
+test-slurm: $(SLURM_STAMP)
+	$(SUDO) tests/slurm/setup_slurm.sh
+	$(VENV)/bin/pytest -m slurm tests/test_slurm.py
 
 dry-run: $(STAMP)
 	$(VENV)/bin/snakemake -n --cores $(CORES)
@@ -29,6 +43,9 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/ablation.py
+
+bench-dag: $(STAMP)
+	$(PY) benchmarks/dag.py
 
 clean-results:
 	rm -rf results .snakemake
