@@ -606,7 +606,6 @@ def build_report(
     predictions = pd.read_parquet(inputs.predictions)
     channels = pd.read_parquet(inputs.channels)
     agreement = pd.read_parquet(inputs.agreement)
-    crops = pd.read_parquet(inputs.crops)
     metrics = _read_json(inputs.metrics)
     figures = {
         "scores": figure_scores(manifest),

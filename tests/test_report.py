@@ -111,8 +111,8 @@ def test_summary_matches_its_inputs(tiny_workflow: Path):
     assert summary["run"]["config"]["ablation"]["shards"] == 2
 
 
-def test_snakemake_report(tiny_workflow: Path):
-    out = tiny_workflow / "report.html"
+def test_snakemake_report(tiny_workflow: Path, tmp_path: Path):
+    out = tmp_path / "report.html"  # outside the shared run: it stays a clean run
     run_snakemake(tiny_workflow, "--cores", "1", "--configfile", str(tiny_workflow / "config.yaml"),
                   "--report", str(out))
     text = out.read_text(errors="replace")
@@ -121,7 +121,7 @@ def test_snakemake_report(tiny_workflow: Path):
         assert name in text, name
 
 
-def test_report_page_in_headless_chromium(tiny_workflow: Path):
+def test_report_page_in_headless_chromium(tiny_workflow: Path, tmp_path: Path):
     from browser import Browser, find_chromium
 
     if os.environ.get("AIS_SKIP_BROWSER"):
@@ -130,7 +130,7 @@ def test_report_page_in_headless_chromium(tiny_workflow: Path):
     assert executable, ("chromium not found: `make test` installs it as root (tests/tools/ensure_chromium.sh); "
                         "or set AIS_CHROMIUM, or AIS_SKIP_BROWSER=1 to skip")
     page = tiny_workflow / "results" / "report" / "index.html"
-    shot = tiny_workflow / "report-screenshot.png"
+    shot = tmp_path / "report-screenshot.png"
     with Browser(executable) as browser:
         browser.open(page)
         images = browser.evaluate(

@@ -10,7 +10,7 @@ downstream of it, so the cases hold as stages are added after fusion (heatmaps, 
 from __future__ import annotations
 
 import re
-import shutil
+import tempfile
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,9 +18,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import REPO, run_snakemake
+from conftest import run_snakemake
 
-TINY = REPO / "tests" / "data" / "tiny.yaml"
 #: Rules that only draw (maps -> pictures) or assemble the report: the only rules a
 #: rendering option may rerun on its own (verb_noun names, see STYLE.md).
 RENDER_PREFIXES = ("render_", "plot_", "build_report")
@@ -38,12 +37,9 @@ class DryRun:
 
 
 @pytest.fixture(scope="module")
-def finished_run(tmp_path_factory) -> Path:
-    """The tiny configuration run to the end, once for this module."""
-    work = tmp_path_factory.mktemp("stale")
-    shutil.copy(TINY, work / "config.yaml")
-    run_snakemake(work, "--cores", "2", "--configfile", str(work / "config.yaml"))
-    return work
+def finished_run(tiny_workflow: Path) -> Path:
+    """The suite's shared tiny run (conftest ``tiny_workflow``), finished: only dry runs touch it here."""
+    return tiny_workflow
 
 
 @pytest.fixture(scope="module")
@@ -93,11 +89,12 @@ def parse_dry_run(output: str) -> DryRun:
 def dry_run(work: Path, change: dict | None = None) -> DryRun:
     """``snakemake -n`` on the finished run, with ``change`` (a nested config dict) merged over its config."""
     configs = [str(work / "config.yaml")]
-    if change:
-        override = work / "override.yaml"
-        override.write_text(yaml.safe_dump(change))
-        configs.append(str(override))
-    proc = run_snakemake(work, "-n", "--cores", "2", "--configfile", *configs)
+    with tempfile.TemporaryDirectory() as tmp:  # outside the run: it stays a clean run
+        if change:
+            override = Path(tmp) / "override.yaml"
+            override.write_text(yaml.safe_dump(change))
+            configs.append(str(override))
+        proc = run_snakemake(work, "-n", "--cores", "2", "--configfile", *configs)
     return parse_dry_run(proc.stdout + proc.stderr)
 
 

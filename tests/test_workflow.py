@@ -3,25 +3,24 @@
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pyarrow.dataset as ds
+import pyarrow.parquet as pq
 import pytest
+from PIL import Image
 
-from ais.tables import ABLATION_SCHEMA
-from conftest import REPO, run_snakemake
+from ais.fusion import CHANNELS_SCHEMA, FUSED_SCHEMA
+from ais.heatmap_stage import MAP_KEYS
+from ais.heatmaps import load_maps
+from ais.tables import ABLATION_SCHEMA, HEATMAP_SCHEMA, LOCALIZATION_AUCS
 
-TINY = REPO / "tests" / "data" / "tiny.yaml"
-
-
-@pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory) -> Path:
-    work = tmp_path_factory.mktemp("tiny")
-    shutil.copy(TINY, work / "config.yaml")
-    run_snakemake(work, "--cores", "2", "--configfile", str(work / "config.yaml"))
-    return work
+@pytest.fixture
+def tiny_run(tiny_workflow: Path) -> Path:
+    """The suite's shared tiny run (conftest ``tiny_workflow``): these tests only read its outputs."""
+    return tiny_workflow
 
 
 def test_outputs_exist_and_agree(tiny_run: Path):
@@ -42,6 +41,73 @@ def test_outputs_exist_and_agree(tiny_run: Path):
         assert (results / "logs" / log).stat().st_size > 0, log
 
 
-def test_nothing_reruns_when_nothing_changed(tiny_run: Path):
-    proc = run_snakemake(tiny_run, "-n", "--cores", "2", "--configfile", str(tiny_run / "config.yaml"))
-    assert "Nothing to be done" in proc.stdout + proc.stderr
+def test_fusion_outputs(tiny_run: Path):
+    results = tiny_run / "results"
+    assert pq.read_schema(results / "fusion" / "scores.parquet").equals(FUSED_SCHEMA, check_metadata=False)
+    assert pq.read_schema(results / "fusion" / "channels.parquet").equals(CHANNELS_SCHEMA, check_metadata=False)
+    scores = pd.read_parquet(results / "fusion" / "scores.parquet")
+    channels = pd.read_parquet(results / "fusion" / "channels.parquet")
+    shards = ds.dataset([str(results / "ablation" / f"shard-{i}.parquet") for i in range(2)]).to_table()
+    assert len(scores) == shards.num_rows and len(channels) == scores["channel"].nunique()
+    summary = json.loads((results / "fusion" / "summary.json").read_text(), parse_constant=_no_nan)
+    assert summary["scope"] == "global" and summary["magnitude"] == "zscore"
+    assert summary["n_flipped"] == int(scores["flipped"].sum())
+    assert sum(summary["quadrants"].values()) == len(scores)
+    assert set(summary["reliability"]) == {"ais", "direction"}
+    assert summary["provenance"]["config"]["fusion"]["bootstrap"] == 100
+    assert (results / "benchmarks" / "fusion" / "fuse_scores.tsv").exists()
+
+
+def test_heatmap_outputs(tiny_run: Path):
+    results = tiny_run / "results"
+    manifest = pd.read_parquet(results / "data" / "manifest.parquet")
+    test_ids = sorted(manifest.loc[manifest["split"] == "test", "image_id"])
+    table = pq.read_table(results / "heatmaps" / "agreement.parquet")
+    assert table.schema.remove_metadata().equals(HEATMAP_SCHEMA)
+    agreement = table.to_pandas()
+    assert agreement["image_id"].tolist() == test_ids
+    assert agreement["has_mask"].all() and (agreement["weights"] == "image").all()
+    assert agreement["cc_gradcam"].between(-1, 1).all() and agreement["sim_gradcam"].between(0, 1).all()
+    for name in LOCALIZATION_AUCS:
+        values = agreement[name].dropna()
+        assert values.between(0, 1).all(), name
+    assert agreement["ais_pos_auc"].notna().any()
+
+    for i in range(2):
+        shard_ids = sorted(pd.read_parquet(results / "ablation" / f"shard-{i}.parquet")["image_id"].unique())
+        figures = pd.read_parquet(results / "heatmaps" / f"shard-{i}" / "figures.parquet")
+        assert figures["image_id"].tolist() == shard_ids
+        for rec in figures.itertuples():
+            maps = load_maps(results / "heatmaps" / f"shard-{i}" / "maps" / f"{rec.file_stem}.npz")
+            assert str(maps["image_id"]) == rec.image_id
+            assert maps["image"].shape == (32, 32, 3) and maps["image"].dtype == np.uint8
+            peak = {key: float(np.abs(maps[key]).max()) for key in MAP_KEYS}
+            assert all(maps[key].shape == (32, 32) for key in MAP_KEYS)
+            assert all(0.99 < peak[key] <= 1.0 for key in ("ais", "direction", "gradcam", "gradcampp")), peak
+            assert 0.99 < max(peak["helpful"], peak["harmful"]) <= 1.0  # one shared scale
+            assert maps["gradcam"].min() >= 0 and maps["helpful"].min() >= 0 and maps["harmful"].max() <= 0
+            with Image.open(results / "heatmaps" / f"shard-{i}" / "panels" / f"{rec.file_stem}.png") as im:
+                assert im.mode == "RGB" and im.height == 14 + 32 and im.width == 9 * 32 + 8 * 2
+        for what in ("maps", "panels"):
+            assert (results / "benchmarks" / "heatmaps" / f"shard-{i}" / f"{what}.tsv").exists()
+            assert (results / "logs" / "heatmaps" / f"shard-{i}" / f"{what}.log").stat().st_size > 0
+
+    loc = json.loads((results / "heatmaps" / "localization.json").read_text(), parse_constant=_no_nan)
+    for key in ("ais_pos_auc", "ais_neg_auc", "gradcam_auc", "ais_map_pos_auc", "ais_map_neg_auc"):
+        assert loc[key] is None or 0 <= loc[key] <= 1, key
+        assert loc[key] == pytest.approx(agreement[key].mean(), nan_ok=True)
+    assert loc["n_images"] == len(test_ids) == loc["n_images_with_masks"] and loc["reason"] is None
+    with Image.open(results / "heatmaps" / "gallery.png") as im:
+        assert im.width > 500
+
+
+def test_every_file_is_written_under_results(tiny_run: Path):
+    outside = [p.relative_to(tiny_run) for p in tiny_run.rglob("*")
+               if p.is_file() and p.parts[len(tiny_run.parts)] not in ("results", ".snakemake")]
+    assert [str(p) for p in outside] == ["config.yaml"]
+    leftovers = [p for p in (tiny_run / "results").rglob("*") if ".tmp." in p.name]
+    assert leftovers == []
+
+
+def _no_nan(text: str):
+    raise AssertionError(f"{text} in JSON output")
