@@ -10,6 +10,13 @@ PNG encoder compresses). Prints a JSON line last:
 ``cpu_seconds`` / ``images_per_cpu_s`` count the process's own CPU time, which
 stays meaningful when other jobs share the cores.
 
+The reference, timed in the same run on ``--reference`` of the same images:
+the obvious way, one matplotlib figure per image (the image and an
+``imshow`` overlay of each of the six maps, ``bwr`` with a ``TwoSlopeNorm``
+centred at 0, Grad-CAM with ``jet``, saved as PNG at the same pixel size:
+seven tiles against the panel's nine, so the ratio errs low);
+``speedup_vs_matplotlib`` is the ratio of the two rates.
+
     .venv/bin/python benchmarks/render.py --n 200
 """
 
@@ -66,12 +73,35 @@ def make_inputs(n: int, size: int, seed: int = 0) -> list[tuple[np.ndarray, dict
     return items
 
 
+def matplotlib_panel(path: Path, image: np.ndarray, maps: dict[str, np.ndarray], alpha: float = 0.4) -> None:
+    """The reference: one matplotlib figure per image, the views side by side, saved as PNG."""
+    from matplotlib.colors import Normalize, TwoSlopeNorm
+    from matplotlib.figure import Figure
+
+    views = [("image", None), ("ais", "bwr"), ("direction", "bwr"), ("helpful", "bwr"), ("harmful", "bwr"),
+             ("gradcam", "jet"), ("gradcampp", "jet")]
+    h, w = image.shape[:2]
+    dpi = 100
+    fig = Figure(figsize=(len(views) * w / dpi, (h + 14) / dpi), dpi=dpi)
+    for i, (key, cmap) in enumerate(views):
+        ax = fig.add_axes((i / len(views), 0, 1 / len(views), h / (h + 14)))
+        ax.set_axis_off()
+        ax.imshow(image)
+        if cmap is not None:
+            norm = Normalize(0.0, 1.0) if cmap == "jet" else TwoSlopeNorm(vcenter=0.0, vmin=-1.0, vmax=1.0)
+            ax.imshow(maps[key], cmap=cmap, norm=norm, alpha=alpha, interpolation="bilinear")
+        fig.text((i + 0.5) / len(views), 1 - 7 / (h + 14), key, ha="center", va="center", fontsize=7)
+    fig.savefig(path, dpi=dpi)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--n", type=int, default=200, help="number of images")
     parser.add_argument("--size", type=int, default=224, help="image side in pixels")
     parser.add_argument("--out", type=Path, default=None, help="folder for the PNGs (default: a temporary one)")
     parser.add_argument("--no-save", action="store_true", help="time the panels only, no PNG encoding")
+    parser.add_argument("--reference", type=int, default=20,
+                        help="images drawn the reference way (one matplotlib figure each); 0 skips it")
     args = parser.parse_args()
 
     items = make_inputs(args.n, args.size)
@@ -94,6 +124,14 @@ def main() -> None:
                 nbytes += path.stat().st_size
         seconds = time.perf_counter() - t0
         cpu_seconds = time.process_time() - c0
+        ref_rate = None
+        if args.reference > 0:
+            ref = items[: args.reference]
+            matplotlib_panel(out / "reference-warm.png", *ref[0])  # fonts and colormaps loaded once
+            t = time.perf_counter()
+            for i, (image, maps) in enumerate(ref):
+                matplotlib_panel(out / f"reference-{i:04d}.png", image, maps)
+            ref_rate = len(ref) / (time.perf_counter() - t)
     print(f"panel {arr.shape[1]}x{arr.shape[0]} px: {1e3 * panel_s / args.n:.1f} ms to compose, "
           f"{1e3 * save_s / args.n:.1f} ms to encode, {nbytes / max(args.n, 1) / 1e3:.0f} kB per PNG")
     print(json.dumps({
@@ -107,6 +145,8 @@ def main() -> None:
         "encode_ms": round(1e3 * save_s / args.n, 2),
         "size": args.size,
         "saved": not args.no_save,
+        "matplotlib_images_per_s": None if ref_rate is None else round(ref_rate, 2),
+        "speedup_vs_matplotlib": None if ref_rate is None else round(args.n / seconds / ref_rate, 1),
     }))
 
 
