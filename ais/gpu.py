@@ -41,9 +41,16 @@ class GpuSlot:
     _handle: IO[str]
 
     def release(self) -> None:
+        if self in _held:
+            _held.remove(self)
         if not self._handle.closed:
             fcntl.flock(self._handle, fcntl.LOCK_UN)
             self._handle.close()
+
+
+#: Every slot this process holds: a claim lasts until ``release()`` or the process ends, even
+#: when the caller drops the returned object (the workflow scripts call ``claim_gpu()`` and go on).
+_held: list[GpuSlot] = []
 
 
 def detect_gpus(env: MutableMapping[str, str] = os.environ) -> list[str]:
@@ -76,7 +83,9 @@ def claim_gpu(
 ) -> GpuSlot | None:
     """Claim a free GPU slot and set ``CUDA_VISIBLE_DEVICES`` in ``env``; ``None`` if there is nothing to do.
 
-    Call it before anything initialises CUDA. When every slot is taken
+    Call it before anything initialises CUDA. The claim holds until the
+    returned slot's ``release()`` or the end of the process, whether or not
+    the caller keeps the returned object. When every slot is taken
     (more GPU jobs than GPUs, e.g. ``--resources gpu`` larger than the real
     count) it waits up to ``wait_s`` seconds for one to free up.
     """
@@ -104,7 +113,9 @@ def claim_gpu(
             handle.flush()
             env["CUDA_VISIBLE_DEVICES"] = device
             log.info("claimed GPU slot %d (CUDA_VISIBLE_DEVICES=%s, lock %s)", index, device, path)
-            return GpuSlot(index, device, path, handle)
+            slot = GpuSlot(index, device, path, handle)
+            _held.append(slot)
+            return slot
         if time.monotonic() > deadline:
             raise TimeoutError(
                 f"no free GPU slot among {len(gpus)} after {wait_s:.0f} s (locks in {folder}); "
