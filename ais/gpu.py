@@ -122,3 +122,20 @@ def claim_gpu(
                 "run with --resources gpu=N where N is at most the number of GPUs"
             )
         time.sleep(poll_s)
+
+
+def start_gpu_job(log_path: str | None, threads: int) -> logging.Logger:
+    """What every GPU rule's script does first; returns the job's logger.
+
+    Logging to ``log_path`` (so the slot claimed appears in the job's log),
+    then :func:`claim_gpu` before torch initialises CUDA, then torch capped
+    at the job's ``threads``.
+    """
+    from ais.logs import setup_logging
+
+    job_log = setup_logging(log_path)
+    claim_gpu()
+    import torch  # only now: CUDA_VISIBLE_DEVICES is set
+
+    torch.set_num_threads(max(1, min(threads, torch.get_num_threads())))
+    return job_log

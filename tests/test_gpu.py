@@ -66,3 +66,27 @@ def test_scheduler_choice_is_kept(tmp_path: Path):
     assert claim_gpu(env=env, lock_dir=tmp_path) is None and env["CUDA_VISIBLE_DEVICES"] == "3"
     env = {"AIS_GPU_SLOTS": "0"}
     assert claim_gpu(env=env, lock_dir=tmp_path) is None and "CUDA_VISIBLE_DEVICES" not in env
+
+
+JOB = """
+import os, sys, torch
+from ais.gpu import start_gpu_job
+start_gpu_job(sys.argv[1], threads=1)
+print(os.environ["CUDA_VISIBLE_DEVICES"], torch.get_num_threads(), flush=True)
+sys.stdin.readline()  # hold the slot until the test is done
+"""
+
+
+def test_gpu_job_start_logs_its_slot_holds_it_and_caps_threads(tmp_path: Path):
+    env = _env(tmp_path, 1)
+    log = tmp_path / "job.log"
+    job = subprocess.Popen([sys.executable, "-c", JOB, str(log)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                           text=True, env=env)
+    try:
+        assert job.stdout.readline().split() == ["0", "1"]
+        assert "claimed GPU slot 0 (CUDA_VISIBLE_DEVICES=0" in log.read_text()
+        with pytest.raises(TimeoutError, match="no free GPU slot"):
+            claim_gpu(env=dict(env), wait_s=0.2, poll_s=0.05)
+    finally:
+        job.communicate("\n", timeout=30)
+    assert job.returncode == 0

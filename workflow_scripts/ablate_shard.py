@@ -2,18 +2,13 @@
 
 from pathlib import Path
 
-from ais.gpu import claim_gpu
+from ais.gpu import start_gpu_job
 
 if __name__ == "__main__":
-    claim_gpu()  # before torch initialises CUDA
-
-    import torch
+    log = start_gpu_job(snakemake.log[0], snakemake.threads)  # noqa: F821 (injected by Snakemake)
 
     from ais.ablation import run_shard
-    from ais.logs import setup_logging
 
-    log = setup_logging(snakemake.log[0])  # noqa: F821 (injected by Snakemake)
-    torch.set_num_threads(max(1, min(snakemake.threads, torch.get_num_threads())))  # noqa: F821
     params = snakemake.params  # noqa: F821
     run_shard(
         manifest_path=snakemake.input.manifest,  # noqa: F821

@@ -2,18 +2,13 @@
 
 from pathlib import Path
 
-from ais.gpu import claim_gpu
+from ais.gpu import start_gpu_job
 
 if __name__ == "__main__":
-    claim_gpu()  # before torch initialises CUDA
-
-    import torch
+    log = start_gpu_job(snakemake.log[0], snakemake.threads)  # noqa: F821 (injected by Snakemake)
 
     from ais.heatmap_stage import compute_shard
-    from ais.logs import setup_logging
 
-    log = setup_logging(snakemake.log[0])  # noqa: F821 (injected by Snakemake)
-    torch.set_num_threads(max(1, min(snakemake.threads, torch.get_num_threads())))  # noqa: F821
     params = snakemake.params  # noqa: F821
     inp, out = snakemake.input, snakemake.output  # noqa: F821
     compute_shard(

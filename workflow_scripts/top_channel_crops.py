@@ -2,19 +2,16 @@
 
 from pathlib import Path
 
-from ais.gpu import claim_gpu
+from ais.gpu import start_gpu_job
 
 if __name__ == "__main__":
-    claim_gpu()  # before torch initialises CUDA
+    start_gpu_job(snakemake.log[0], snakemake.threads)  # noqa: F821 (injected by Snakemake)
 
     import torch
 
     from ais.crops import run_crops
-    from ais.logs import setup_logging
     from ais.provenance import provenance
 
-    log = setup_logging(snakemake.log[0])  # noqa: F821 (injected by Snakemake)
-    torch.set_num_threads(max(1, min(snakemake.threads, torch.get_num_threads())))  # noqa: F821
     params = snakemake.params  # noqa: F821
     run_crops(
         manifest_path=snakemake.input.manifest,  # noqa: F821
