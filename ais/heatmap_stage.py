@@ -481,7 +481,7 @@ def plot_gallery(
         label = image_id if len(image_id) <= 18 else image_id[:8] + "…" + image_id[-8:]
         titles.append(f"{group}\n{label}\n{truth}ŷ {rec['y_pred']:.2f}")
         log.info("gallery: %s %s (y_true %s, y_pred %.3f)", group, image_id, rec["y_true"], rec["y_pred"])
-    keys = tuple(v for v in (views if views is not None else render.VIEWS))
+    keys = tuple(views if views is not None else render.VIEWS)
     if images:
         render.gallery_figure(out_path, images, maps, row_titles=titles, keys=keys, alpha=alpha,
                               harm_threshold=harm_threshold)

@@ -30,6 +30,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 
 from ais.fusion import QUADRANTS
+from ais.heatmap_stage import GALLERY_GROUPS, gallery_selection
 from ais.io import write_bytes, write_json, write_text
 from ais.tables import LOCALIZATION_AUCS, SPLITS
 
@@ -155,15 +156,15 @@ def _metric_block(metrics: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _gallery_choice(agreement: pd.DataFrame, per_group: int) -> dict[str, list[str]]:
-    """Best-, median- and worst-predicted labelled images (by absolute error), ids in each group."""
-    labelled = agreement[agreement["abs_error"].notna()].sort_values(["abs_error", "image_id"], kind="mergesort")
-    n = len(labelled)
-    if n == 0 or per_group <= 0:
-        return {"best": [], "median": [], "worst": []}
-    ids = labelled["image_id"].tolist()
-    k = min(per_group, n)
-    mid = max(0, n // 2 - k // 2)
-    return {"best": ids[:k], "median": ids[mid:mid + k], "worst": ids[::-1][:k]}
+    """The gallery's images by group, exactly those of the gallery figure.
+
+    :func:`ais.heatmap_stage.gallery_selection`: best-, median- and
+    worst-predicted labelled images by absolute error (``highest`` /
+    ``median`` / ``lowest`` predicted realism when no image is labelled).
+    """
+    chosen = gallery_selection(agreement, per_group)
+    groups = dict.fromkeys(group for group, _ in chosen) or dict.fromkeys(GALLERY_GROUPS)
+    return {group: [i for g, i in chosen if g == group] for group in groups}
 
 
 def summarize(inputs: ReportInputs, gallery_per_group: int = 3) -> dict[str, Any]:
@@ -541,9 +542,10 @@ def render_html(summary: Mapping[str, Any], figures: Mapping[str, bytes], inputs
               "Grad-CAM uses its own [0, 1] scale.</p>",
               _img(figures["colour_scale"], "colour scale", "The signed colour scale."),
               _img(figures["gallery"], "heatmap gallery", "Best-, median- and worst-predicted images.")]
-    for group in ("best", "median", "worst"):
-        for image_id, png in gallery_panels.get(group, []):
-            parts.append(_img(png, f"{group}: {image_id}", f"{group}-predicted: {image_id}"))
+    for group, panels in gallery_panels.items():
+        what = f"{group}-predicted" if group in GALLERY_GROUPS else f"{group} predicted realism"
+        for image_id, png in panels:
+            parts.append(_img(png, f"{group}: {image_id}", f"{what}: {image_id}"))
 
     # Agreement
     agreement = maps["agreement"]

@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 
 from ais.fusion import QUADRANTS
+from ais.heatmap_stage import gallery_selection
 from ais.report import _gallery_choice, quadrant_counts, read_benchmarks, stage_times
 from conftest import run_snakemake
 
@@ -65,6 +66,16 @@ def test_gallery_choice_best_median_worst():
     assert _gallery_choice(agreement.iloc[:0], 2) == {"best": [], "median": [], "worst": []}
 
 
+def test_gallery_choice_is_the_gallery_figures():
+    """The panels under the gallery are the images the gallery figure shows, median included."""
+    agreement = pd.DataFrame({"image_id": [f"i{k}" for k in range(10)], "abs_error": np.arange(10) / 10})
+    choice = _gallery_choice(agreement, 3)
+    assert choice == {"best": ["i0", "i1", "i2"], "median": ["i3", "i4", "i5"], "worst": ["i9", "i8", "i7"]}
+    assert [i for ids in choice.values() for i in ids] == [i for _, i in gallery_selection(agreement, 3)]
+    unlabelled = agreement.assign(abs_error=np.nan, y_pred=np.arange(10.0))
+    assert _gallery_choice(unlabelled, 1) == {"highest": ["i9"], "median": ["i5"], "lowest": ["i0"]}
+
+
 # --------------------------------------------------------------------------- the tiny run
 
 
@@ -104,6 +115,9 @@ def test_summary_matches_its_inputs(tiny_workflow: Path):
     assert maps["agreement"]["cc_gradcam"]["mean"] == pytest.approx(agreement["cc_gradcam"].mean())
     worst = agreement.loc[agreement["abs_error"].idxmax(), "image_id"]
     assert maps["gallery"]["worst"][0] == worst
+    # The report's panels are the gallery figure's images (plot_gallery draws gallery_selection's).
+    shown = [i for ids in maps["gallery"].values() for i in ids]
+    assert shown == [i for _, i in gallery_selection(agreement, 2)]  # tiny.yaml: heatmaps.gallery 2
 
     stages = {s["stage"]: s for s in summary["run"]["stages"]}
     assert {"model", "ablation", "fusion", "heatmaps"} <= set(stages)
