@@ -29,6 +29,7 @@ from torch import nn
 from ais.heatmaps import activation_module, resolve_layer
 from ais.images import load_batch
 from ais.logs import Progress
+from ais.tables import TOP_CHANNELS_SCHEMA
 
 log = logging.getLogger(__name__)
 
@@ -251,9 +252,8 @@ def montage(crops: pd.DataFrame, size: int, tile: int = 72, label_width: int = 1
     return np.asarray(sheet)
 
 
-#: results/report/top_channels.parquet
-CROPS_COLUMNS = ("channel", "group", "rank", "crop_rank", "image_id", "path", "peak_activation",
-                 "cell_row", "cell_col", "top", "left", "side")
+#: Columns of results/report/top_channels.parquet (:data:`ais.tables.TOP_CHANNELS_SCHEMA`).
+CROPS_COLUMNS = tuple(TOP_CHANNELS_SCHEMA.names)
 
 
 def run_crops(
@@ -286,13 +286,8 @@ def run_crops(
     _, crops = channel_crops(model, layer, images, channels, size, spec["normalization"], k, n_crops,
                              batch_size=batch_size, device=device)
     crops = crops.loc[:, list(CROPS_COLUMNS)].reset_index(drop=True)
-    schema = pa.schema([
-        ("channel", pa.int32()), ("group", pa.string()), ("rank", pa.int32()), ("crop_rank", pa.int32()),
-        ("image_id", pa.string()), ("path", pa.string()), ("peak_activation", pa.float32()),
-        ("cell_row", pa.int32()), ("cell_col", pa.int32()), ("top", pa.int32()), ("left", pa.int32()),
-        ("side", pa.int32()),
-    ])
-    write_table(out_table, pa.Table.from_pandas(crops, preserve_index=False), schema, metadata={**(metadata or {}), "target_layer": layer, "split": split})
+    write_table(out_table, pa.Table.from_pandas(crops, preserve_index=False), TOP_CHANNELS_SCHEMA,
+                metadata={**(metadata or {}), "target_layer": layer, "split": split})
     save_png(out_png, montage(crops, size))
     log.info("top channel crops: %d channels, %d crops over %d %s images", crops["channel"].nunique(),
              len(crops), len(images), split)

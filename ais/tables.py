@@ -93,4 +93,15 @@ HEATMAP_SCHEMA = pa.schema(
     ]
 )
 
+#: results/report/top_channels.parquet: the crops that activate the top channels most, one row per crop.
+TOP_CHANNELS_SCHEMA = pa.schema(
+    [
+        ("channel", pa.int32()), ("group", pa.string()),  # helpful | harmful (data-set-level AIS score)
+        ("rank", pa.int32()), ("crop_rank", pa.int32()),  # channel's rank in its group; crop's, by activation
+        ("image_id", pa.string()), ("path", pa.string()), ("peak_activation", pa.float32()),
+        ("cell_row", pa.int32()), ("cell_col", pa.int32()),  # the peak's cell of the layer's grid
+        ("top", pa.int32()), ("left", pa.int32()), ("side", pa.int32()),  # the crop, input pixels
+    ]
+)
+
 SPLITS = ("train", "val", "test", "unlabelled")

@@ -15,7 +15,7 @@ from PIL import Image
 from ais.fusion import CHANNELS_SCHEMA, FUSED_SCHEMA
 from ais.heatmap_stage import MAP_KEYS
 from ais.heatmaps import load_maps
-from ais.tables import ABLATION_SCHEMA, HEATMAP_SCHEMA, LOCALIZATION_AUCS
+from ais.tables import ABLATION_SCHEMA, HEATMAP_SCHEMA, LOCALIZATION_AUCS, TOP_CHANNELS_SCHEMA
 
 @pytest.fixture
 def tiny_run(tiny_workflow: Path) -> Path:
@@ -99,6 +99,13 @@ def test_heatmap_outputs(tiny_run: Path):
     assert loc["n_images"] == len(test_ids) == loc["n_images_with_masks"] and loc["reason"] is None
     with Image.open(results / "heatmaps" / "gallery.png") as im:
         assert im.width > 500
+
+
+def test_top_channels_table(tiny_run: Path):
+    table = pq.read_table(tiny_run / "results" / "report" / "top_channels.parquet")
+    assert table.schema.remove_metadata().equals(TOP_CHANNELS_SCHEMA)
+    crops = table.to_pandas()
+    assert set(crops["group"]) <= {"helpful", "harmful"} and (crops["crop_rank"] >= 1).all()
 
 
 def test_every_file_is_written_under_results(tiny_run: Path):
