@@ -1,4 +1,4 @@
-"""Load and validate the workflow configuration against ``schemas/config.schema.yaml``.
+"""Load and validate the workflow configuration against the schema ``ais/schemas/config.schema.yaml``.
 
 Validation fills in the schema's defaults and turns every violation into one
 message that names the key (``data.splits.train``), what is wrong and what
@@ -9,24 +9,51 @@ from __future__ import annotations
 
 import copy
 import difflib
+import functools
 import os
+from importlib import resources
 from pathlib import Path
 from typing import Any, Mapping
 
 import jsonschema
 import yaml
 
-SCHEMA_DIR = Path(__file__).resolve().parent.parent / "schemas"
-CONFIG_SCHEMA = SCHEMA_DIR / "config.schema.yaml"
+from ais.errors import UserError
+
+#: The schema, package data of :mod:`ais` (``schemas/config.schema.yaml`` at the top links to it).
+CONFIG_SCHEMA = resources.files("ais") / "schemas" / "config.schema.yaml"
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError):
     """The configuration does not match its schema."""
 
 
-def load_schema(path: str | os.PathLike = CONFIG_SCHEMA) -> dict[str, Any]:
+def load_schema(path: str | os.PathLike | None = None) -> dict[str, Any]:
+    """The config schema (a fresh copy): the package's own, or the one at ``path``."""
+    if path is None:
+        return copy.deepcopy(_package_schema())
     with open(path, encoding="utf-8") as fh:
         return yaml.safe_load(fh)
+
+
+@functools.lru_cache(maxsize=1)
+def _package_schema() -> dict[str, Any]:
+    return yaml.safe_load(CONFIG_SCHEMA.read_text(encoding="utf-8"))
+
+
+def config_section(name: str, given: Mapping[str, Any]) -> dict[str, Any]:
+    """Section ``name`` (``model``, ``train``, ...) with the schema's defaults filled in; unknown keys refused.
+
+    For callers that get one section rather than a validated config (tests,
+    library use): the same defaults :func:`validate_config` fills in.
+    """
+    props = _package_schema()["properties"][name]["properties"]
+    unknown = sorted(set(given) - set(props))
+    if unknown:
+        raise ConfigError(f"{name}: unknown key(s) {', '.join(unknown)}; allowed: {', '.join(props)}")
+    out = {key: copy.deepcopy(given[key]) for key in given}
+    _fill_defaults(out, _package_schema()["properties"][name])
+    return out
 
 
 def _fill_defaults(instance: Any, schema: Mapping[str, Any]) -> None:
@@ -138,11 +165,12 @@ def check_paths(cfg: Mapping[str, Any], source: str = "config", base: str | os.P
 
 
 def _torchvision_weight_names(arch: str) -> list[str]:
-    import torchvision  # only when weights name something other than none or a file: keeps parsing fast
+    """The pretrained weights names ``arch``'s family can fetch (imported only when needed: parsing stays fast)."""
+    from ais.families import family_for
 
     try:
-        return list(torchvision.models.get_model_weights(arch).__members__)
-    except (ValueError, KeyError):
+        return family_for(arch).weight_names(arch)
+    except ValueError:
         return []
 
 

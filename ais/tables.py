@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import pyarrow as pa
 
+from ais.methods import get_method, list_methods
+
 #: results/data/manifest.parquet: one row per usable image.
 MANIFEST_SCHEMA = pa.schema(
     [
@@ -47,25 +49,19 @@ PREDICTIONS_SCHEMA = pa.schema(
     ]
 )
 
-#: Localisation AUC columns of :data:`HEATMAP_SCHEMA` (and keys of localization.json):
+#: Localisation AUC columns of :data:`HEATMAP_SCHEMA` (and keys of localization.json), declared by the
+#: map methods (:attr:`ais.methods.base.LayerMap.localization`), in method order:
 #: ``{column: (map, part, mask)}``. ``part`` ``pos`` ranks pixels by the signed map (most positive
 #: first: the positive map's order, its zeros ordered by the negative part), ``neg`` by the negated
 #: map; ``pos_clipped`` / ``neg_clipped`` by max(map, 0) / max(-map, 0) alone (ties at 0);
 #: ``all`` by the map as it is (Grad-CAM is >= 0).
-LOCALIZATION_AUCS = {
-    "ais_pos_auc": ("direction", "pos", "raise"),
-    "ais_neg_auc": ("direction", "neg", "lower"),
-    "ais_pos_clipped_auc": ("direction", "pos_clipped", "raise"),
-    "ais_neg_clipped_auc": ("direction", "neg_clipped", "lower"),
-    "ais_map_pos_auc": ("ais", "pos", "raise"),
-    "ais_map_neg_auc": ("ais", "neg", "lower"),
-    "gradcam_auc": ("gradcam", "all", "raise"),
-    "gradcam_lower_auc": ("gradcam", "all", "lower"),
-    "gradcampp_auc": ("gradcampp", "all", "raise"),
-}
+LOCALIZATION_AUCS = {col: spec for m in list_methods() for col, spec in get_method(m).localization.items()}
 
 #: Agreement references of :data:`HEATMAP_SCHEMA`: ``{cc,sim,kld}_<reference>`` compare |AIS| with them.
-AGREEMENT_REFERENCES = ("gradcam", "gradcampp")
+AGREEMENT_REFERENCES = tuple(m for m in list_methods() if get_method(m).agreement_reference)
+
+#: Methods whose per-image scale (the max |value| their map was divided by) is a column.
+SCALE_COLUMNS = tuple(f"{m}_scale" for m in list_methods() if get_method(m).scale_column)
 
 #: results/heatmaps/shard-{i}/figures.parquet and results/heatmaps/agreement.parquet: one row per image with maps.
 HEATMAP_SCHEMA = pa.schema(
@@ -79,9 +75,7 @@ HEATMAP_SCHEMA = pa.schema(
         pa.field("y_true", pa.float64(), nullable=True),  # null = unlabelled
         pa.field("y_pred", pa.float64(), nullable=False),
         pa.field("abs_error", pa.float64(), nullable=True),  # |y_pred - y_true|
-        pa.field("ais_scale", pa.float64(), nullable=False),  # max |raw map| each map was divided by
-        pa.field("direction_scale", pa.float64(), nullable=False),
-        pa.field("gradcam_scale", pa.float64(), nullable=False),
+        *[pa.field(name, pa.float64(), nullable=False) for name in SCALE_COLUMNS],  # max |raw map| divided by
         *[
             pa.field(f"{metric}_{ref}", pa.float64(), nullable=True)  # |AIS| (judged) vs reference
             for ref in AGREEMENT_REFERENCES for metric in ("cc", "sim", "kld")
@@ -104,4 +98,7 @@ TOP_CHANNELS_SCHEMA = pa.schema(
     ]
 )
 
+#: The manifest's split values; rows without a score are ``unlabelled``.
 SPLITS = ("train", "val", "test", "unlabelled")
+#: The splits of scored images (a sheet's split column, the seeded split).
+LABELLED_SPLITS = SPLITS[:3]

@@ -1,0 +1,92 @@
+"""The VGG family: torchvision VGGs with a regression (or n-output) head.
+
+Two heads, both keeping VGG's submodules ``features``, ``avgpool`` and
+``classifier`` (so names like ``features.28`` stay valid and
+``VGG.forward`` works unchanged):
+
+- ``classifier``: VGG's own classifier with its last layer replaced by
+  ``Linear(4096, n_outputs)``;
+- ``gap``: ``avgpool = AdaptiveAvgPool2d(1)`` and
+  ``classifier = Sequential(Linear(C, n_outputs))`` with ``C`` the channels of
+  the last convolution (global average pooling, then a linear read-out).
+
+Pretrained weights: torchvision's weights API (``IMAGENET1K_V1``, downloaded
+once into the torch cache, read with ``weights_only=True``) or a local file.
+Explainable layers: every ``nn.Conv2d`` (``auto`` = the last one,
+``features.28`` in vgg16).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torchvision
+from torch import Tensor, nn
+
+from ais.families import Family, register_family
+from ais.layers import conv_layers
+
+
+class VGGFamily(Family):
+    name = "vgg"
+    archs = ("vgg11", "vgg11_bn", "vgg13", "vgg13_bn", "vgg16", "vgg16_bn", "vgg19", "vgg19_bn")
+    heads = ("classifier", "gap")
+    backbone_prefix = "features."
+
+    def build(self, arch: str, head: str, n_outputs: int = 1) -> nn.Module:
+        """A randomly initialised VGG, without paying for layers the head discards."""
+        if head not in self.heads:
+            raise ValueError(f"model.head={head!r}: unknown head; choose one of {', '.join(self.heads)}")
+        with torch.device("meta"):  # shapes only: VGG's 25088x4096 layer is never allocated for the gap head
+            model = torchvision.models.get_model(arch, weights=None)
+        if head == "classifier":
+            model.classifier[-1] = nn.Linear(model.classifier[-1].in_features, n_outputs, device="meta")
+        else:
+            channels = model.get_submodule(conv_layers(model)[-1]).out_channels
+            model.avgpool = nn.AdaptiveAvgPool2d(1)
+            model.classifier = nn.Sequential(nn.Linear(channels, n_outputs, device="meta"))
+        model = model.to_empty(device="cpu")
+        _init_vgg_(model)
+        return model
+
+    def fetch_weights(self, arch: str, weights: str, progress: bool = False) -> tuple[dict[str, Tensor], str]:
+        """A torchvision weights name (``IMAGENET1K_V1``, ``DEFAULT``) or a local state-dict file."""
+        enum = torchvision.models.get_model_weights(arch)
+        if weights in enum.__members__ and not Path(weights).expanduser().exists():
+            member = enum[weights]
+            # weights_only=True: torchvision's default download path would unpickle arbitrary objects.
+            state_dict = member.get_state_dict(progress=progress, check_hash=True, weights_only=True)
+            return state_dict, f"torchvision {member!r} ({member.url})"
+        return super().fetch_weights(arch, weights, progress)
+
+    def weight_names(self, arch: str) -> list[str]:
+        try:
+            return list(torchvision.models.get_model_weights(arch).__members__)
+        except (ValueError, KeyError):
+            return []
+
+    def output_layer(self, model: nn.Module) -> nn.Linear:
+        last = model.classifier[-1]
+        if not isinstance(last, nn.Linear):
+            raise ValueError(f"the model's last layer is {last!r}, expected an nn.Linear")
+        return last
+
+
+def _init_vgg_(model: nn.Module) -> None:
+    """torchvision's VGG initialisation scheme (deterministic given torch's global seed)."""
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            if m.bias is not None:
+                nn.init.constant_(m.bias, 0)
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.constant_(m.weight, 1)
+            nn.init.constant_(m.bias, 0)
+            m.reset_running_stats()
+        elif isinstance(m, nn.Linear):
+            nn.init.normal_(m.weight, 0, 0.01)
+            nn.init.constant_(m.bias, 0)
+
+
+register_family(VGGFamily())

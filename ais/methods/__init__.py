@@ -1,0 +1,92 @@
+"""Explanation methods: a registry of map methods, each one small file.
+
+A method is a :class:`ais.methods.base.LayerMap` subclass that declares its
+name, whether it is signed, what it needs (``"ablation"``: the fused unit
+scores, ``"gradients"``), the map arrays it writes, the localisation AUCs it
+is scored by and whether |AIS| is compared with it; it computes ``(N, H, W)``
+maps from the one shared capture (:meth:`LayerMap.raw_maps`).
+:func:`compute_maps` runs the configured methods over a batch with one
+forward pass (and one backward pass when any method needs gradients).
+
+Add a method: one module with a ``LayerMap`` subclass and one
+:func:`register_method` call (ARCHITECTURE.md).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
+
+import numpy as np
+from torch import Tensor, nn
+
+from ais.registry import Registry
+
+if TYPE_CHECKING:
+    from ais.methods.base import LayerMap
+    from ais.targets import Target
+
+__all__ = ["compute_maps", "get_method", "list_methods", "map_keys", "register_method", "unregister_method"]
+
+_METHODS: Registry[type["LayerMap"]] = Registry("map method")
+
+
+def register_method(cls: type["LayerMap"]) -> type["LayerMap"]:
+    """Register a method class under ``cls.name``; a duplicate name is refused."""
+    return _METHODS.register(cls.name, cls)
+
+
+def unregister_method(name: str) -> None:
+    _METHODS.unregister(name)
+
+
+def get_method(name: str) -> type["LayerMap"]:
+    return _METHODS.get(name)
+
+
+def list_methods() -> list[str]:
+    """Registered method names, in registration order (the order of their maps and columns)."""
+    return _METHODS.names()
+
+
+def map_keys(methods: Sequence[str] | None = None) -> tuple[str, ...]:
+    """The map arrays the methods write, in method order."""
+    return tuple(k for m in (methods or list_methods()) for k in get_method(m).map_names())
+
+
+def compute_maps(
+    model: nn.Module,
+    target_layer: nn.Module | str,
+    x: Tensor,
+    inputs: Mapping[str, Any] | None = None,
+    methods: Sequence[str] | None = None,
+    target: "Target | None" = None,
+    with_scales: bool = False,
+    family: Any = None,
+) -> dict[str, np.ndarray]:
+    """The maps of ``methods`` (default: all registered) for a batch ``x`` (N, 3, H, W), float32 ``(N, H, W)``.
+
+    One capture serves every method. ``inputs`` holds what the methods need
+    beyond the model: ``ais_weights`` (N, C), the image's fused AIS scores
+    (data-set-level scores for unlabelled images), and ``direction_weights``
+    (N, C), -Δy per channel. Every map is divided by its method's scale per
+    image (:meth:`LayerMap.scales`: its own max |value|; AIS's ``helpful`` and
+    ``harmful`` share one). With ``with_scales`` the divisors are added as
+    ``<map>_scale`` arrays ``(N,)``.
+    """
+    from ais.methods.base import normalize_max_abs
+
+    instances = [get_method(m)(model, target_layer, target, family) for m in (methods or list_methods())]
+    gradients = any(m.uses_gradients for m in instances)
+    cap = instances[0].capture(x, gradients=gradients)
+    size = tuple(x.shape[-2:])
+    out: dict[str, np.ndarray] = {}
+    for method in instances:
+        raw = method.raw_maps(cap, size, inputs or {})
+        for name, scale in method.scales(raw).items():
+            out[name] = normalize_max_abs(raw[name], scale).float().cpu().numpy()
+            if with_scales:
+                out[f"{name}_scale"] = scale.float().cpu().numpy()
+    return out
+
+
+from ais.methods import ais_map, direction, gradcam, gradcampp  # noqa: E402,F401  (register the built-ins)

@@ -1,0 +1,121 @@
+"""Views: how maps are drawn in panels and the gallery, a registry of small declarations.
+
+A :class:`View` declares its name, title (and a short title for narrow
+tiles), its colour scale (which also picks the gallery's colour bar), the
+map arrays it needs, a one-line description (report captions) and a
+``draw(canvas, maps, options)`` function returning an ``(H, W, 3)`` uint8
+tile. :func:`ais.render.views` draws the registered views whose maps are
+present, in registration order (the panel order).
+
+Colour scales: ``signed`` (bwr on [-1, 1], white at 0), ``positive`` (the
+upper half of bwr on [0, 1]), ``negative`` (the lower half on [-1, 0]),
+``unit`` (a sequential map on [0, 1], Grad-CAM) and ``dual`` (the 2-D key of
+the dual view).
+
+The built-in views: ``ais`` (red helpful, blue harmful), ``direction`` (red
+raises the output, blue lowers it), ``raises`` / ``lowers`` (the positive
+and the negative part of the direction map), ``dual`` (hue and strength from
+the direction map, saturation from helpfulness ``h`` = the AIS map: the
+colour is mixed with its own grey level in proportion ``(1 + h) / 2``, so
+helpful evidence is vivid, neutral half-saturated and harmful evidence
+grey), ``primary`` (the helpful-channels-only map, white to red, with the
+harmful regions, harmful map <= -``harm_threshold``, outlined in grey by a
+morphological edge) and ``gradcam`` / ``gradcampp`` (sequential, [0, 1]).
+
+Add a view: one :func:`register_view` call (ARCHITECTURE.md).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping
+
+import numpy as np
+
+from ais.registry import Registry
+
+__all__ = ["SCALES", "View", "get_view", "list_views", "register_view", "unregister_view"]
+
+SCALES = ("signed", "positive", "negative", "unit", "dual")
+
+
+@dataclass(frozen=True)
+class DrawOptions:
+    """Rendering options every view may read."""
+
+    harm_threshold: float = 0.25
+    cmap: str = "jet"  # the sequential colormap of ``unit`` views
+
+
+@dataclass(frozen=True)
+class View:
+    name: str
+    title: str
+    short_title: str
+    scale: str
+    needs: tuple[str, ...]
+    draw: Callable[[Any, Mapping[str, np.ndarray], DrawOptions], np.ndarray]
+    description: str = ""
+
+    def available(self, maps: Mapping[str, np.ndarray]) -> bool:
+        return all(k in maps for k in self.needs)
+
+
+_VIEWS: Registry[View] = Registry("view", key="heatmaps.views")
+
+
+def register_view(view: View) -> View:
+    """Register ``view`` (after the existing ones in panel order); a duplicate name is refused."""
+    if view.scale not in SCALES:
+        raise ValueError(f"view {view.name!r}: unknown colour scale {view.scale!r}; one of {', '.join(SCALES)}")
+    if view.name == "image":
+        raise ValueError("'image' is the image tile, not a view name")
+    return _VIEWS.register(view.name, view)
+
+
+def unregister_view(name: str) -> None:
+    _VIEWS.unregister(name)
+
+
+def get_view(name: str) -> View:
+    return _VIEWS.get(name)
+
+
+def list_views() -> list[str]:
+    """Registered view names in panel order (the image tile comes first and is not a view)."""
+    return _VIEWS.names()
+
+
+def _raises(canvas: Any, maps: Mapping[str, np.ndarray], opt: DrawOptions) -> np.ndarray:
+    return canvas.overlay(np.maximum(canvas.resize(maps["direction"]), 0.0))
+
+
+def _lowers(canvas: Any, maps: Mapping[str, np.ndarray], opt: DrawOptions) -> np.ndarray:
+    return canvas.overlay(np.minimum(canvas.resize(maps["direction"]), 0.0))
+
+
+def _primary(canvas: Any, maps: Mapping[str, np.ndarray], opt: DrawOptions) -> np.ndarray:
+    if "helpful" in maps and "harmful" in maps:
+        return canvas.primary(maps["helpful"], maps["harmful"], opt.harm_threshold)
+    return canvas.primary(maps["ais"], np.minimum(maps["ais"], 0.0), opt.harm_threshold)
+
+
+for _view in (
+    View("ais", "AIS", "AIS", "signed", ("ais",), lambda c, m, o: c.overlay(m["ais"]),
+         "the AIS map (red: helpful channels, blue: harmful)"),
+    View("direction", "direction", "dir", "signed", ("direction",), lambda c, m, o: c.overlay(m["direction"]),
+         "the direction map (red raises the output, blue lowers it)"),
+    View("raises", "raises realism", "raises", "positive", ("direction",), _raises,
+         "the positive part of the direction map: what raises the output"),
+    View("lowers", "lowers realism", "lowers", "negative", ("direction",), _lowers,
+         "the negative part of the direction map: what lowers the output"),
+    View("dual", "dual", "dual", "dual", ("direction", "ais"), lambda c, m, o: c.dual(m["direction"], m["ais"]),
+         "hue and strength from the direction map, saturation from helpfulness (the AIS map)"),
+    View("primary", "primary", "prim", "positive", ("ais",), _primary,
+         "helpful channels only (white to red), harmful regions outlined in grey"),
+    View("gradcam", "Grad-CAM", "GC", "unit", ("gradcam",), lambda c, m, o: c.overlay(m["gradcam"], o.cmap),
+         "Grad-CAM on its own [0, 1] scale"),
+    View("gradcampp", "Grad-CAM++", "GC++", "unit", ("gradcampp",),
+         lambda c, m, o: c.overlay(m["gradcampp"], o.cmap), "Grad-CAM++ on its own [0, 1] scale"),
+):
+    register_view(_view)
