@@ -91,7 +91,7 @@ def agreement_table(
 ) -> pd.DataFrame:
     """One row per (image, reference): CC, SIM, KLD of ``|maps[judged]|`` against ``maps[reference]``.
 
-    ``maps`` holds ``(N, H, W)`` arrays as returned by :func:`ais.heatmaps.compute_maps`.
+    ``maps`` holds ``(N, H, W)`` arrays as returned by :func:`ais.methods.compute_maps`.
     """
     rows = []
     for ref in references:

@@ -2,7 +2,7 @@
 
 For a set of channels of the target layer and a set of images, every image
 is passed once through the model; the target layer's post-ReLU activation
-(see :func:`ais.heatmaps.activation_module`) is kept for the requested
+(see :meth:`ais.families.Family.activation_module`) is kept for the requested
 channels only. For each channel the ``n_crops`` images with the highest
 peak activation are chosen (ties broken by image order, one crop per image)
 and a square crop of the model's input view (the image resized to the input
@@ -19,19 +19,19 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Iterable, Sequence
 
 import numpy as np
 import pandas as pd
 import torch
 from torch import nn
 
-from ais.heatmaps import activation_module, resolve_layer
-from ais.images import load_batch
+from ais.families import Family
+from ais.hooks import Hooks
+from ais.images import iter_batches, open_image, resize_square
 from ais.logs import Progress
-from ais.tables import TOP_CHANNELS_SCHEMA
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -91,14 +91,13 @@ def crop_box(cell: tuple[int, int], grid: tuple[int, int], size: int, crop_fract
 def peak_activations(
     model: nn.Module,
     layer: nn.Module | str,
-    paths: Sequence[str],
+    batches: Iterable[torch.Tensor],
     channels: Sequence[int],
-    size: int,
-    normalization: str = "imagenet",
-    batch_size: int = 16,
+    n_images: int,
     device: str | torch.device = "cpu",
+    family: Family | None = None,
 ) -> tuple[np.ndarray, np.ndarray, tuple[int, int]]:
-    """Peak post-ReLU activation of each channel in each image.
+    """Peak post-ReLU activation of each channel in each image of ``batches`` (each ``(B, 3, H, W)``).
 
     Returns ``(peak (N, K), argmax (N, K) flat cell index, grid (h, w))`` for
     ``K = len(channels)``. The model is left unchanged (one forward hook,
@@ -106,31 +105,26 @@ def peak_activations(
     """
     if model.training:
         raise ValueError("the model must be in eval mode (model.eval())")
-    target = resolve_layer(model, layer)
-    source = activation_module(model, target)
+    target = model.get_submodule(layer) if isinstance(layer, str) else layer
+    source = (family or Family()).activation_module(model, target)
     idx = torch.as_tensor(list(channels), dtype=torch.long)
     kept: list[torch.Tensor] = []
-
-    def hook(module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
-        kept.append(torch.relu(output.index_select(1, idx.to(output.device))).detach().float().cpu())
-
     peaks, cells, grid = [], [], (0, 0)
-    progress = Progress(len(paths), "images", log, every=30.0)
-    handle = source.register_forward_hook(hook)
-    try:
-        for start in range(0, len(paths), batch_size):
-            batch = list(paths[start:start + batch_size])
+    progress = Progress(n_images, "images", logger, every=30.0)
+    done = 0
+    with Hooks() as hooks:
+        hooks.add(source, lambda m, i, out: kept.append(
+            torch.relu(out.index_select(1, idx.to(out.device))).detach().float().cpu()))
+        for x in batches:
             kept.clear()
-            model(load_batch(batch, size, normalization).to(device))
+            model(x.to(device))
             acts = kept[0]  # (B, K, h, w)
             grid = (int(acts.shape[-2]), int(acts.shape[-1]))
-            flat = acts.flatten(2)
-            value, where = flat.max(dim=2)
+            value, where = acts.flatten(2).max(dim=2)
             peaks.append(value.numpy())
             cells.append(where.numpy())
-            progress.update(start + len(batch))
-    finally:
-        handle.remove()
+            done += len(x)
+            progress.update(done)
     if not peaks:
         k = len(idx)
         return np.empty((0, k), np.float32), np.empty((0, k), np.int64), grid
@@ -186,6 +180,7 @@ def channel_crops(
     crop_fraction: float = 0.5,
     batch_size: int = 16,
     device: str | torch.device = "cpu",
+    family: Family | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Top channels (:func:`top_channels`) and their crops over ``manifest``'s images.
 
@@ -199,29 +194,20 @@ def channel_crops(
                                     rank=pd.Series(dtype=np.int64))
     t0 = time.perf_counter()
     ids = manifest["image_id"].tolist()
-    peak, cell, grid = peak_activations(
-        model, layer, manifest["path"].tolist(), chosen["channel"].tolist(), size, normalization,
-        batch_size=batch_size, device=device,
-    )
+    batches = (x for (x,) in iter_batches(manifest, size, normalization, batch_size))
+    peak, cell, grid = peak_activations(model, layer, batches, chosen["channel"].tolist(), len(ids), device, family)
     crops = select_crops(peak, cell, grid, ids, chosen["channel"].tolist(), size, n_crops, crop_fraction)
     crops = crops.merge(manifest[["image_id", "path"]], on="image_id", how="left")
     crops = crops.merge(chosen[["channel", "group", "rank"]], on="channel", how="left")
-    log.info("crops of %d channels over %d images (%dx%d grid) in %.1f s",
-             len(chosen), len(ids), grid[0], grid[1], time.perf_counter() - t0)
+    logger.info("crops of %d channels over %d images (%dx%d grid) in %.1f s",
+                len(chosen), len(ids), grid[0], grid[1], time.perf_counter() - t0)
     return chosen, crops
 
 
 def crop_pixels(path: str, box: Box, size: int) -> np.ndarray:
     """The crop of the model's input view of ``path``: uint8 ``(side, side, 3)``."""
-    from PIL import Image
-
-    from ais.images import open_image
-
-    im = open_image(path)
-    if im.size != (size, size):
-        im = im.resize((size, size), Image.Resampling.BILINEAR, reducing_gap=None)
-    arr = np.asarray(im, dtype=np.uint8)
-    return arr[box.top:box.top + box.side, box.left:box.left + box.side]
+    view = np.asarray(resize_square(open_image(path), size), dtype=np.uint8)
+    return view[box.top:box.top + box.side, box.left:box.left + box.side]
 
 
 def montage(crops: pd.DataFrame, size: int, tile: int = 72, label_width: int = 160) -> np.ndarray:
@@ -250,45 +236,3 @@ def montage(crops: pd.DataFrame, size: int, tile: int = 72, label_width: int = 1
             im = Image.fromarray(pixels).resize((tile, tile), Image.Resampling.NEAREST)
             sheet.paste(im, (label_width + (int(c.crop_rank) - 1) * (tile + gap), y))
     return np.asarray(sheet)
-
-
-#: Columns of results/report/top_channels.parquet (:data:`ais.tables.TOP_CHANNELS_SCHEMA`).
-CROPS_COLUMNS = tuple(TOP_CHANNELS_SCHEMA.names)
-
-
-def run_crops(
-    manifest_path: str,
-    model_dir: str,
-    channels_path: str,
-    out_table: str,
-    out_png: str,
-    split: str,
-    target_layer: str,
-    k: int,
-    n_crops: int,
-    batch_size: int = 16,
-    device: str | torch.device = "cpu",
-    metadata: dict | None = None,
-) -> pd.DataFrame:
-    """Rule ``top_channel_crops``: crops of the top channels over the ablated images; table and montage."""
-    import pyarrow as pa
-
-    from ais.data import read_manifest, select_split
-    from ais.io import write_table
-    from ais.models import load_trained, resolve_target_layer
-    from ais.render import save_png
-
-    model, spec = load_trained(model_dir, device)
-    layer = resolve_target_layer(model, target_layer)
-    images = select_split(read_manifest(manifest_path), split)
-    channels = pd.read_parquet(channels_path)
-    size = int(spec["input_size"])
-    _, crops = channel_crops(model, layer, images, channels, size, spec["normalization"], k, n_crops,
-                             batch_size=batch_size, device=device)
-    crops = crops.loc[:, list(CROPS_COLUMNS)].reset_index(drop=True)
-    write_table(out_table, pa.Table.from_pandas(crops, preserve_index=False), TOP_CHANNELS_SCHEMA,
-                metadata={**(metadata or {}), "target_layer": layer, "split": split})
-    save_png(out_png, montage(crops, size))
-    log.info("top channel crops: %d channels, %d crops over %d %s images", crops["channel"].nunique(),
-             len(crops), len(images), split)
-    return crops

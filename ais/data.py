@@ -1,10 +1,11 @@
-"""Image-sheet intake: read the user's sheet, check every row and image, split, write the manifest.
+"""Image-sheet intake: read the user's sheet, check every row and image, split; read the manifest back.
 
 The sheet is a CSV, TSV or Parquet table with one row per image: a path
 column (relative to ``data.root``), a score column (empty = unlabelled), and
 optionally an id column and a split column. Every problem is reported with
 the sheet's file name, the row number (1-based data row, as a spreadsheet
-shows it minus the header) and the column.
+shows it minus the header) and the column. Writing the manifest is the
+stage's (:mod:`ais.stages.intake_sheet`).
 """
 
 from __future__ import annotations
@@ -21,15 +22,14 @@ from typing import Any, Mapping
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
 
-from ais import io
-from ais.images import BadImageError, DEFAULT_MAX_PIXELS, open_image
-from ais.tables import MANIFEST_SCHEMA
+from ais.errors import UserError
+from ais.images import DEFAULT_MAX_PIXELS, BadImageError, open_image
+from ais.tables import LABELLED_SPLITS, SPLITS
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
-SPLIT_NAMES = ("train", "val", "test")
+_UNLABELLED = SPLITS[-1]  # the split of rows without a score
 _SAFE = re.compile(r"[^A-Za-z0-9._-]+")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 MAX_ID_LENGTH = 120  # derived ids and file stems; far below the 255-byte limit of file names
@@ -40,11 +40,11 @@ def _is_missing(value: Any) -> bool:
     return value is None or value is pd.NA or (isinstance(value, float) and math.isnan(value))
 
 
-class SheetError(ValueError):
+class SheetError(UserError):
     """The image sheet as a whole cannot be used (missing columns, empty, unreadable)."""
 
 
-class BadRowsError(ValueError):
+class BadRowsError(UserError):
     """Some rows of the sheet are bad and ``data.on_bad_image`` is ``error``."""
 
     def __init__(self, sheet: str, rejected: pd.DataFrame) -> None:
@@ -229,12 +229,30 @@ def seeded_split(image_ids: list[str], fractions: Mapping[str, float], seed: int
     ids = sorted(image_ids)
     n = len(ids)
     order = np.random.default_rng(seed).permutation(n)
-    exact = np.array([fractions.get(s, 0.0) * n for s in SPLIT_NAMES])
+    exact = np.array([fractions.get(s, 0.0) * n for s in LABELLED_SPLITS])
     counts = np.floor(exact).astype(int)
     for i in np.argsort(-(exact - counts), kind="stable")[: n - counts.sum()]:
         counts[i] += 1
-    labels = np.repeat(np.array(SPLIT_NAMES), counts)
+    labels = np.repeat(np.array(LABELLED_SPLITS), counts)
     return {ids[j]: str(labels[k]) for k, j in enumerate(order)}
+
+
+@dataclass(frozen=True)
+class _RowCheck:
+    """What checking one row needs: the sheet's columns, the image root, the pixel limit, the ids kept so far."""
+
+    spec: SheetSpec
+    root: Path
+    max_pixels: int
+    seen_ids: dict[str, int]  # image id -> the sheet row that has it (accepted rows only)
+
+
+class _Rejected(Exception):
+    """One row is bad: the column to blame, the cell shown (``path``) and the reason."""
+
+    def __init__(self, column: str, path: Any, reason: str) -> None:
+        super().__init__(reason)
+        self.column, self.path, self.reason = column, "" if path is None else str(path), reason
 
 
 def build_manifest(
@@ -251,155 +269,156 @@ def build_manifest(
     any rejected row raises :class:`BadRowsError` listing them all.
     """
     sheet = read_sheet(spec.sheet)
-    name = str(spec.sheet)
+    _check_columns(sheet, spec)
+    root = Path(spec.root) if spec.root else Path(spec.sheet).parent
+    rows, rejected = _check_rows(sheet, _RowCheck(spec, root, max_pixels, {}))
+    _refuse_bad_rows(str(spec.sheet), rows, rejected, on_bad_image)
+    manifest = _assign_splits(pd.DataFrame(rows), spec, splits, seed)
+    return manifest, rejected
+
+
+def _check_columns(sheet: pd.DataFrame, spec: SheetSpec) -> None:
+    """Refuse a sheet that lacks a column the spec names."""
     needed = [spec.image_column, spec.score_column] + [
         c for c in (spec.id_column, spec.split_column, spec.mask_column) if c
     ]
     missing = [c for c in needed if c not in sheet.columns]
     if missing:
         raise SheetError(
-            f"{name}: missing column(s) {', '.join(repr(c) for c in missing)}; the sheet has "
+            f"{spec.sheet}: missing column(s) {', '.join(repr(c) for c in missing)}; the sheet has "
             f"{', '.join(repr(str(c)) for c in sheet.columns)}. Rename them or set data.image_column / "
             "data.score_column / data.id_column / data.split_column."
         )
-    root = Path(spec.root) if spec.root else Path(spec.sheet).parent
 
+
+def _check_rows(sheet: pd.DataFrame, check: _RowCheck) -> tuple[list[dict[str, Any]], pd.DataFrame]:
+    """Every row checked in sheet order: ``(manifest rows, rejected rows)``, progress logged."""
     rows: list[dict[str, Any]] = []
     rejected: list[dict[str, Any]] = []
-    seen_ids: dict[str, int] = {}
-
-    def reject(row: int, column: str, path: Any, reason: str) -> None:
-        rejected.append({"sheet_row": row, "column": column, "path": "" if path is None else str(path), "reason": reason})
-
     records = sheet.to_dict("records")
-    n = len(records)
     last_row = int(sheet.index[-1]) + 1
     for i, rec in zip(sheet.index, records):
         row = int(i) + 1
-        rel = rec[spec.image_column]
-        path, why = _resolve_path(root, rel)
-        if why:
-            reject(row, spec.image_column, rel, why)
-            continue
-        score, why = _parse_score(rec[spec.score_column])
-        if why:
-            reject(row, spec.score_column, rel, why)
-            continue
-        if spec.id_column:
-            raw_id = rec[spec.id_column]
-            image_id = "" if _is_missing(raw_id) else str(raw_id).strip()
-            if image_id == "":
-                reject(row, spec.id_column, rel, "empty image id")
-                continue
-            if _CONTROL.search(image_id):
-                reject(row, spec.id_column, rel, f"image id {image_id!r} contains a control character")
-                continue
-        else:
-            image_id = derive_image_id(str(rel).strip())
-        if image_id in seen_ids:
-            hint = "" if spec.id_column else (
-                "; ids are derived from the paths (a/b.jpg -> a__b): give unique ids in a column named by "
-                "data.id_column if different files map to the same id")
-            reject(row, spec.id_column or spec.image_column, rel,
-                   f"duplicate image id '{image_id}' (first on row {seen_ids[image_id]}); each image must appear "
-                   f"once{hint}")
-            continue
-        split = None
-        if spec.split_column:
-            value = rec[spec.split_column]
-            text = "" if _is_missing(value) else str(value).strip().lower()
-            if score is None:
-                if text not in ("", "unlabelled", "unlabeled"):
-                    reject(row, spec.split_column, rel, f"split '{value}' given for an image without a score; "
-                           "unlabelled images cannot be trained or tested on: leave the split empty or give a score")
-                    continue
-            elif text not in SPLIT_NAMES:
-                reject(row, spec.split_column, rel, f"split '{value}' is not one of train, val, test")
-                continue
-            else:
-                split = text
         try:
-            im = open_image(path, max_pixels=max_pixels)
-        except BadImageError as exc:
-            reject(row, spec.image_column, rel, str(exc).removeprefix(f"{path}: "))
-            continue
-        width, height = im.size
-        seen_ids[image_id] = row
-        mask = None
-        if spec.mask_column:
-            mval = rec[spec.mask_column]
-            if not _is_missing(mval) and str(mval).strip() != "":
-                mask, why = _resolve_path(root, str(mval))
-                if why:
-                    reject(row, spec.mask_column, mval, why)
-                    del seen_ids[image_id]
-                    continue
-        rows.append({
-            "image_id": image_id, "path": path, "y_true": score, "split": split,
-            "width": width, "height": height, "sheet_row": row, "mask": mask,
-        })
+            rows.append(_check_row(rec, row, check))
+        except _Rejected as bad:
+            rejected.append({"sheet_row": row, "column": bad.column, "path": bad.path, "reason": bad.reason})
         if row % 500 == 0 or row == last_row:
-            log.info("intake: %d/%d rows checked, %d rejected", len(rows) + len(rejected), n, len(rejected))
+            logger.info("intake: %d/%d rows checked, %d rejected", len(rows) + len(rejected), len(records),
+                        len(rejected))
+    return rows, pd.DataFrame(rejected, columns=["sheet_row", "column", "path", "reason"])
 
-    rejected_df = pd.DataFrame(rejected, columns=["sheet_row", "column", "path", "reason"])
-    if len(rejected_df) and on_bad_image == "error":
-        raise BadRowsError(name, rejected_df)
+
+def _check_row(rec: Mapping[str, Any], row: int, check: _RowCheck) -> dict[str, Any]:
+    """One manifest row from sheet row ``row``, or :class:`_Rejected` for its first problem."""
+    spec = check.spec
+    rel = rec[spec.image_column]
+    path = _checked(_resolve_path(check.root, rel), spec.image_column, rel)
+    score = _checked(_parse_score(rec[spec.score_column]), spec.score_column, rel)
+    image_id = _row_id(rec, rel, check)
+    split = _row_split(rec, rel, score, spec)
+    try:
+        width, height = open_image(path, max_pixels=check.max_pixels).size
+    except BadImageError as exc:
+        raise _Rejected(spec.image_column, rel, str(exc).removeprefix(f"{path}: ")) from None
+    mask = _row_mask(rec, check)
+    check.seen_ids[image_id] = row
+    return {
+        "image_id": image_id, "path": path, "y_true": score, "split": split,
+        "width": width, "height": height, "sheet_row": row, "mask": mask,
+    }
+
+
+def _checked(result: tuple[Any, str | None], column: str, path: Any) -> Any:
+    """The value of a ``(value, reason)`` check, or :class:`_Rejected` when there is a reason."""
+    value, why = result
+    if why:
+        raise _Rejected(column, path, why)
+    return value
+
+
+def _row_id(rec: Mapping[str, Any], rel: Any, check: _RowCheck) -> str:
+    """The row's image id (the id column's, else derived from the path), refused when empty, odd or seen."""
+    spec = check.spec
+    if spec.id_column:
+        raw_id = rec[spec.id_column]
+        image_id = "" if _is_missing(raw_id) else str(raw_id).strip()
+        if image_id == "":
+            raise _Rejected(spec.id_column, rel, "empty image id")
+        if _CONTROL.search(image_id):
+            raise _Rejected(spec.id_column, rel, f"image id {image_id!r} contains a control character")
+    else:
+        image_id = derive_image_id(str(rel).strip())
+    if image_id in check.seen_ids:
+        hint = "" if spec.id_column else (
+            "; ids are derived from the paths (a/b.jpg -> a__b): give unique ids in a column named by "
+            "data.id_column if different files map to the same id")
+        raise _Rejected(spec.id_column or spec.image_column, rel,
+                        f"duplicate image id '{image_id}' (first on row {check.seen_ids[image_id]}); each image "
+                        f"must appear once{hint}")
+    return image_id
+
+
+def _row_split(rec: Mapping[str, Any], rel: Any, score: float | None, spec: SheetSpec) -> str | None:
+    """The split column's value (``None`` without one, or for an unlabelled image)."""
+    if not spec.split_column:
+        return None
+    value = rec[spec.split_column]
+    text = "" if _is_missing(value) else str(value).strip().lower()
+    if score is None:
+        if text not in ("", _UNLABELLED, "unlabeled"):
+            raise _Rejected(spec.split_column, rel, f"split '{value}' given for an image without a score; "
+                            "unlabelled images cannot be trained or tested on: leave the split empty or give a score")
+        return None
+    if text not in LABELLED_SPLITS:
+        raise _Rejected(spec.split_column, rel, f"split '{value}' is not one of {', '.join(LABELLED_SPLITS)}")
+    return text
+
+
+def _row_mask(rec: Mapping[str, Any], check: _RowCheck) -> str | None:
+    """The row's mask file under the root (``None`` without a mask column or for an empty cell)."""
+    column = check.spec.mask_column
+    if not column:
+        return None
+    value = rec[column]
+    if _is_missing(value) or str(value).strip() == "":
+        return None
+    return _checked(_resolve_path(check.root, str(value)), column, value)
+
+
+def _refuse_bad_rows(name: str, rows: list[dict[str, Any]], rejected: pd.DataFrame, on_bad_image: str) -> None:
+    """Raise when bad rows must stop intake (``on_bad_image="error"``) or no row is usable."""
+    if len(rejected) and on_bad_image == "error":
+        raise BadRowsError(name, rejected)
     if not rows:
-        raise SheetError(f"{name}: no usable rows; every row was rejected:\n{describe_rows(rejected_df)}")
+        raise SheetError(f"{name}: no usable rows; every row was rejected:\n{describe_rows(rejected)}")
 
-    manifest = pd.DataFrame(rows)
+
+def _assign_splits(manifest: pd.DataFrame, spec: SheetSpec, splits: Mapping[str, float], seed: int) -> pd.DataFrame:
+    """Unlabelled rows get ``unlabelled``; without a split column the labelled ones a seeded split; sorted by id."""
     labelled = manifest["y_true"].notna()
-    manifest.loc[~labelled, "split"] = "unlabelled"
+    manifest.loc[~labelled, "split"] = _UNLABELLED
     if not spec.split_column:
         assignment = seeded_split(manifest.loc[labelled, "image_id"].tolist(), splits, seed)
         manifest.loc[labelled, "split"] = manifest.loc[labelled, "image_id"].map(assignment)
-    manifest = manifest.sort_values("image_id", kind="stable").reset_index(drop=True)
-    return manifest, rejected_df
-
-
-def write_manifest(
-    manifest: pd.DataFrame, rejected: pd.DataFrame, manifest_path: str | os.PathLike,
-    rejected_path: str | os.PathLike, metadata: Mapping[str, Any] | None = None,
-) -> None:
-    """Write the manifest (Parquet, :data:`MANIFEST_SCHEMA`) and rejected rows (CSV), atomically."""
-    table = pa.Table.from_pandas(manifest, preserve_index=False)
-    counts = manifest["split"].value_counts().to_dict()
-    meta = dict(metadata or {})
-    meta["counts"] = {k: int(v) for k, v in sorted(counts.items())}
-    meta["rejected"] = int(len(rejected))
-    io.write_table(manifest_path, table, schema=MANIFEST_SCHEMA, metadata=meta)
-    with io.atomic_path(rejected_path) as tmp:
-        rejected.to_csv(tmp, index=False)
-
-
-def run_intake(
-    data_cfg: Mapping[str, Any], seed: int, manifest_path: str | os.PathLike, rejected_path: str | os.PathLike,
-    sheet: str | None = None, mask_column: str | None = None, metadata: Mapping[str, Any] | None = None,
-) -> pd.DataFrame:
-    """Intake as the workflow runs it: config ``data`` section in, manifest and rejected.csv out.
-
-    ``sheet`` overrides ``data.sheet`` (the demo passes its generated sheet).
-    """
-    overrides: dict[str, Any] = {}
-    if sheet is not None:
-        overrides.update(sheet=sheet, root=None, image_column="path", score_column="score",
-                         id_column=None, split_column=None)
-    if mask_column:
-        overrides["mask_column"] = mask_column
-    spec = SheetSpec.from_config(data_cfg, **overrides)
-    manifest, rejected = build_manifest(
-        spec, data_cfg["splits"], seed, data_cfg["on_bad_image"], data_cfg.get("max_image_pixels", DEFAULT_MAX_PIXELS)
-    )
-    if len(rejected):
-        log.warning("intake: %d row(s) rejected, listed in %s", len(rejected), rejected_path)
-    log.info("intake: %d images, splits %s", len(manifest), manifest["split"].value_counts().to_dict())
-    write_manifest(manifest, rejected, manifest_path, rejected_path, metadata)
-    return manifest
+    return manifest.sort_values("image_id", kind="stable").reset_index(drop=True)
 
 
 def read_manifest(path: str | os.PathLike) -> pd.DataFrame:
-    """Read the manifest written by :func:`write_manifest`."""
-    return pd.read_parquet(path)
+    """Read the manifest (written by :mod:`ais.stages.intake_sheet`) and check its columns and split values.
+
+    Raises ``ValueError`` naming ``path`` when a column the workflow needs
+    (``image_id``, ``path``, ``y_true``, ``split``) is missing or a split is
+    not one of :data:`ais.tables.SPLITS`.
+    """
+    df = pd.read_parquet(path)
+    missing = [c for c in ("image_id", "path", "y_true", "split") if c not in df.columns]
+    if missing:
+        raise ValueError(f"{path}: manifest lacks column(s) {', '.join(missing)}")
+    bad = sorted(set(df["split"]) - set(SPLITS))
+    if bad:
+        raise ValueError(f"{path}: unknown split value(s) {bad}; expected {', '.join(SPLITS)}")
+    return df.reset_index(drop=True)
 
 
 def select_split(manifest: pd.DataFrame, split: str) -> pd.DataFrame:

@@ -24,7 +24,8 @@ artefacts, :data:`RAISE_WEIGHT` for camera traits). Each of ``n_raters`` simulat
 the latent realism plus Gaussian noise of standard deviation
 ``rater_noise``; the score is their mean, clipped to [1, 5].
 
-Output layout under ``out_dir``:
+The files (written by :mod:`ais.stages.make_demo`; this module returns
+arrays, rows and records), under the output folder:
 
 - ``images/demo-0000.png``: 8-bit RGB PNG, ``size`` x ``size``;
 - ``masks/demo-0000.png``: 8-bit greyscale PNG of the same size whose pixel
@@ -44,20 +45,17 @@ not depend on ``n_images``, and the ratings do not change the pixels.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
-import logging
 import os
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterable, Iterator
 
 import numpy as np
 from PIL import Image
 from scipy import ndimage
 
-from ais.io import write_bytes, write_json, write_text
-
-log = logging.getLogger(__name__)
+from ais.errors import UserError
 
 BASE_REALISM = 3.3
 # Realism points per unit of strength * image fraction: artefacts weigh more than camera traits.
@@ -368,13 +366,114 @@ def rate(seed: int, index: int, latent: float, n_raters: int = 20, rater_noise: 
     return float(np.clip(ratings.mean(), *SCORE_RANGE))
 
 
-# --------------------------------------------------------------------------- files
+# --------------------------------------------------------------------------- the data set
 
 
-def _png_bytes(arr: np.ndarray) -> bytes:
+@dataclass(frozen=True)
+class DemoParams:
+    """The generator's parameters (the config's ``demo`` section), checked on creation."""
+
+    n_images: int = 600
+    size: int = 96
+    seed: int = 0
+    n_raters: int = 20
+    rater_noise: float = 0.5
+    unlabelled_fraction: float = 0.0
+
+    def __post_init__(self) -> None:
+        if (self.n_images < 1 or self.size < 16 or self.n_raters < 1 or self.rater_noise < 0
+                or not 0 <= self.unlabelled_fraction <= 1):
+            raise UserError(
+                f"invalid demo parameters: n_images={self.n_images} (>= 1), size={self.size} (>= 16), "
+                f"n_raters={self.n_raters} (>= 1), rater_noise={self.rater_noise} (>= 0), "
+                f"unlabelled_fraction={self.unlabelled_fraction} (0 to 1)"
+            )
+
+
+@dataclass
+class DemoEntry:
+    """One image of the data set: its file name, pixels and mask (``demo``), its score (``None``: unlabelled)."""
+
+    name: str
+    demo: DemoImage
+    score: float | None
+
+    @property
+    def path(self) -> str:
+        return f"images/{self.name}"
+
+    @property
+    def mask_path(self) -> str:
+        return f"masks/{self.name}"
+
+    def sheet_row(self) -> tuple[str, str, str]:
+        """The row of ``sheet.csv``: path, score (4 decimals; empty when unlabelled), mask."""
+        return (self.path, "" if self.score is None else f"{self.score:.4f}", self.mask_path)
+
+    def record(self) -> dict:
+        """The image's entry in ``demo.json``."""
+        return {
+            "path": self.path,
+            "mask": self.mask_path,
+            "latent": round(self.demo.latent, 6),
+            "score": None if self.score is None else round(self.score, 4),
+            "regions": [r.to_json() for r in self.demo.regions],
+        }
+
+
+def demo_entries(params: DemoParams) -> Iterator[DemoEntry]:
+    """The images of the data set in order, generated one at a time (file names ``demo-0000.png``, ...)."""
+    width = max(4, len(str(params.n_images - 1)))
+    unlabelled = unlabelled_indices(params)
+    for i in range(params.n_images):
+        image = make_image(params.seed, i, params.size)
+        score = None if i in unlabelled else rate(params.seed, i, image.latent, params.n_raters, params.rater_noise)
+        yield DemoEntry(f"demo-{i:0{width}d}.png", image, score)
+
+
+def unlabelled_indices(params: DemoParams) -> set[int]:
+    """The indices of the images left without a score: ``round(unlabelled_fraction * n_images)`` of them."""
+    n = int(round(params.unlabelled_fraction * params.n_images))
+    rng = np.random.default_rng([params.seed, params.n_images, _STREAM_UNLABELLED])
+    return set(int(i) for i in rng.permutation(params.n_images)[:n])
+
+
+def png_bytes(arr: np.ndarray) -> bytes:
+    """An RGB ``(H, W, 3)`` or greyscale ``(H, W)`` uint8 array as PNG bytes (fixed options: same array, same bytes)."""
     buf = io.BytesIO()
     Image.fromarray(arr, "RGB" if arr.ndim == 3 else "L").save(buf, **PNG_OPTIONS)
     return buf.getvalue()
+
+
+def sheet_csv(rows: Iterable[tuple[str, str, str]]) -> str:
+    """The text of ``sheet.csv``: header ``path,score,mask``, then ``rows`` (:meth:`DemoEntry.sheet_row`)."""
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(["path", "score", "mask"])
+    writer.writerows(rows)
+    return buf.getvalue()
+
+
+def describe(params: DemoParams, records: list[dict]) -> dict:
+    """The content of ``demo.json``: parameters, how scores are made, the artefacts, ``records`` per image."""
+    return {
+        "description": "Synthetic images for AIS (plainly synthetic; see ais/demo.py). Regions that lower "
+        "realism imitate generator artefacts; regions that raise it imitate camera traits.",
+        "parameters": dataclasses.asdict(params),
+        "score": {
+            "latent": "base + sum over raise regions of weight * strength * area "
+            "- sum over lower regions of weight * strength * area",
+            "base": BASE_REALISM,
+            "score": "mean of n_raters ratings latent + N(0, rater_noise), clipped to range",
+            "range": list(SCORE_RANGE),
+        },
+        "mask_encoding": "8-bit greyscale PNG; bit `bit` of a pixel is set inside a region of that artefact",
+        "artefacts": {
+            k: {"bit": a.bit, "effect": a.effect, "weight": a.weight, "imitates": a.imitates}
+            for k, a in ARTEFACTS.items()
+        },
+        "images": records,
+    }
 
 
 def load_mask(path: str | os.PathLike) -> dict[str, np.ndarray]:
@@ -385,84 +484,3 @@ def load_mask(path: str | os.PathLike) -> dict[str, np.ndarray]:
     out["raise"] = np.logical_or.reduce([out[k] for k in RAISE])
     out["lower"] = np.logical_or.reduce([out[k] for k in LOWER])
     return out
-
-
-def _unlabelled(seed: int, n_images: int, fraction: float) -> set[int]:
-    n = int(round(fraction * n_images))
-    rng = np.random.default_rng([seed, n_images, _STREAM_UNLABELLED])
-    return set(int(i) for i in rng.permutation(n_images)[:n])
-
-
-def generate_demo(
-    out_dir: str | os.PathLike,
-    n_images: int = 600,
-    size: int = 96,
-    seed: int = 0,
-    n_raters: int = 20,
-    rater_noise: float = 0.5,
-    unlabelled_fraction: float = 0.0,
-) -> Path:
-    """Write the demo data set under ``out_dir`` (layout in the module docstring); return ``sheet.csv``'s path."""
-    if n_images < 1 or size < 16 or n_raters < 1 or rater_noise < 0 or not 0 <= unlabelled_fraction <= 1:
-        raise ValueError(
-            f"invalid demo parameters: n_images={n_images} (>= 1), size={size} (>= 16), "
-            f"n_raters={n_raters} (>= 1), rater_noise={rater_noise} (>= 0), "
-            f"unlabelled_fraction={unlabelled_fraction} (0 to 1)"
-        )
-    out = Path(out_dir)
-    width = max(4, len(str(n_images - 1)))
-    unlabelled = _unlabelled(seed, n_images, unlabelled_fraction)
-    rows = []
-    records = []
-    for i in range(n_images):
-        demo = make_image(seed, i, size)
-        name = f"demo-{i:0{width}d}.png"
-        write_bytes(out / "images" / name, _png_bytes(demo.image))
-        write_bytes(out / "masks" / name, _png_bytes(demo.mask))
-        score = None if i in unlabelled else rate(seed, i, demo.latent, n_raters, rater_noise)
-        rows.append((f"images/{name}", "" if score is None else f"{score:.4f}", f"masks/{name}"))
-        records.append(
-            {
-                "path": f"images/{name}",
-                "mask": f"masks/{name}",
-                "latent": round(demo.latent, 6),
-                "score": None if score is None else round(score, 4),
-                "regions": [r.to_json() for r in demo.regions],
-            }
-        )
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(["path", "score", "mask"])
-    writer.writerows(rows)
-    sheet = out / "sheet.csv"
-    write_text(sheet, buf.getvalue())
-    write_json(
-        out / "demo.json",
-        {
-            "description": "Synthetic images for AIS (plainly synthetic; see ais/demo.py). Regions that lower "
-            "realism imitate generator artefacts; regions that raise it imitate camera traits.",
-            "parameters": {
-                "n_images": n_images,
-                "size": size,
-                "seed": seed,
-                "n_raters": n_raters,
-                "rater_noise": rater_noise,
-                "unlabelled_fraction": unlabelled_fraction,
-            },
-            "score": {
-                "latent": "base + sum over raise regions of weight * strength * area "
-                "- sum over lower regions of weight * strength * area",
-                "base": BASE_REALISM,
-                "score": "mean of n_raters ratings latent + N(0, rater_noise), clipped to range",
-                "range": list(SCORE_RANGE),
-            },
-            "mask_encoding": "8-bit greyscale PNG; bit `bit` of a pixel is set inside a region of that artefact",
-            "artefacts": {
-                k: {"bit": a.bit, "effect": a.effect, "weight": a.weight, "imitates": a.imitates}
-                for k, a in ARTEFACTS.items()
-            },
-            "images": records,
-        },
-    )
-    log.info("demo: %d images (%d unlabelled) of %d px written to %s", n_images, len(unlabelled), size, out)
-    return sheet

@@ -10,7 +10,7 @@ Per row (:func:`fuse`):
   channel *helps*), -1 when it lowers the error (the channel *harms*), 0 when
   Δerror is 0 or null. Unlabelled images have null residuals, so their
   ``sign`` is 0 and their ``ais_score`` is **null** (not 0): they get no
-  per-image score; :func:`fuse_shards` gives every channel a data-set-level
+  per-image score; the fusion stage gives every channel a data-set-level
   score (mean over labelled images) that explains unlabelled images instead.
 - ``z = (|Δy| - mean) / std`` with the *population* standard deviation
   (ddof=0), over all rows (``scope="global"``, the seed's choice) or within
@@ -32,17 +32,12 @@ Per row (:func:`fuse`):
 
 from __future__ import annotations
 
-import os
 import warnings
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Iterable, Mapping
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-import pyarrow.dataset as ds
-
-from ais.io import nan_to_none, write_json, write_table
-from ais.tables import ABLATION_SCHEMA
 
 SCOPES = ("global", "per_image")
 MAGNITUDES = ("zscore", "zscore_clipped", "raw")
@@ -304,20 +299,6 @@ def channel_table(
     return table, reliability
 
 
-def read_shards(shard_paths: Sequence[str | os.PathLike]) -> pd.DataFrame:
-    """Read ablation shards (Parquet, :data:`ABLATION_SCHEMA`) into one frame sorted by (image, channel)."""
-    paths = [os.fspath(p) for p in shard_paths]
-    if not paths:
-        raise ValueError("no ablation shards given")
-    table = ds.dataset(paths, format="parquet", schema=ABLATION_SCHEMA).to_table()
-    frame = table.to_pandas()
-    dup = frame.duplicated(["image_id", "channel"])
-    if dup.any():
-        first = frame.loc[dup, ["image_id", "channel"]].iloc[0].tolist()
-        raise ValueError(f"{int(dup.sum())} duplicate (image_id, channel) rows across shards, e.g. {first}")
-    return frame.sort_values(["image_id", "channel"], kind="stable").reset_index(drop=True)
-
-
 def summarize(fused: pd.DataFrame, reliability: Mapping[str, Any], scope: str, magnitude: str) -> dict[str, Any]:
     """Counts per quadrant, flipped scores and the reliabilities, as plain JSON-able values."""
     counts = fused["quadrant"].value_counts()
@@ -339,60 +320,13 @@ def summarize(fused: pd.DataFrame, reliability: Mapping[str, Any], scope: str, m
     }
 
 
-def fuse_shards(
-    shard_paths: Sequence[str | os.PathLike],
-    out_scores: str | os.PathLike,
-    out_channels: str | os.PathLike,
-    scope: str = "global",
-    magnitude: str = "zscore",
-    n_boot: int = 1000,
-    seed: int = 0,
-    metadata: Mapping[str, Any] | None = None,
-    n_splits: int = 20,
-    out_summary: str | os.PathLike | None = None,
-    log: Any = None,
-) -> dict[str, Any]:
-    """Fuse all ablation shards; write ``scores.parquet`` and ``channels.parquet`` atomically.
-
-    Both files carry ``metadata`` (provenance) plus ``ais_fusion`` (scope,
-    magnitude, ddof); the channels table also carries ``ais_summary`` (the
-    returned dict: quadrant counts, flipped scores, split-half reliability).
-    With ``out_summary`` the same dict is also written there as JSON (NaN as
-    null), with ``metadata`` under ``provenance``. ``log``: a logger for
-    progress lines.
-    """
-    say = log.info if log is not None else (lambda *a: None)
-    frame = read_shards(shard_paths)
-    say("fusion: %d rows (%d images x %d channels) from %d shard(s); scope %s, magnitude %s",
-        len(frame), frame["image_id"].nunique(), frame["channel"].nunique(), len(shard_paths), scope, magnitude)
-    fused = fuse(frame, scope=scope, magnitude=magnitude)
-    channels, reliability = channel_table(fused, n_boot=n_boot, seed=seed, n_splits=n_splits)
-    summary = summarize(fused, reliability, scope, magnitude)
-    summary.update({"n_boot": int(n_boot), "seed": int(seed)})
-    say("fusion: %d of %d signed scores flipped by the z-score (%s); split-half reliability of AIS %.3f",
-        summary["n_flipped"], summary["n_signed"], magnitude, reliability["ais"]["spearman"])
-    fusion_meta = {"scope": scope, "magnitude": magnitude, "zscore_ddof": 0, "n_boot": n_boot, "seed": seed}
-    meta = dict(metadata or {})
-    write_table(
-        out_scores, pa.Table.from_pandas(fused, preserve_index=False), FUSED_SCHEMA,
-        {**meta, "ais_fusion": fusion_meta},
-    )
-    write_table(
-        out_channels, pa.Table.from_pandas(channels, preserve_index=False), CHANNELS_SCHEMA,
-        {**meta, "ais_fusion": fusion_meta, "ais_summary": summary},
-    )
-    if out_summary is not None:
-        write_json(out_summary, nan_to_none({**summary, "provenance": meta}))
-    return summary
-
-
 def image_weights(
     scores: pd.DataFrame,
     channels: pd.DataFrame,
     image_ids: Iterable[str],
     n_channels: int,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Channel weights for :func:`ais.heatmaps.compute_maps`: ``(ais (N, C), direction (N, C))`` float32.
+    """Channel weights for :func:`ais.methods.compute_maps`: ``(ais (N, C), direction (N, C))`` float32.
 
     ``ais``: the image's own ``ais_score`` where it has one (labelled, ablated
     images), else the channel's data-set-level ``mean_ais_score``.

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, MutableMapping
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 #: Number of GPU slots (overrides detection; also how tests simulate GPUs).
 ENV_SLOTS = "AIS_GPU_SLOTS"
@@ -90,7 +90,7 @@ def claim_gpu(
     count) it waits up to ``wait_s`` seconds for one to free up.
     """
     if env.get("CUDA_VISIBLE_DEVICES") is not None and not env.get(ENV_SLOTS):
-        log.info("CUDA_VISIBLE_DEVICES=%s set by the scheduler; keeping it", env["CUDA_VISIBLE_DEVICES"])
+        logger.info("CUDA_VISIBLE_DEVICES=%s set by the scheduler; keeping it", env["CUDA_VISIBLE_DEVICES"])
         return None
     gpus = detect_gpus(env)
     if not gpus:
@@ -112,7 +112,7 @@ def claim_gpu(
             handle.write(f"{os.getpid()}\n")
             handle.flush()
             env["CUDA_VISIBLE_DEVICES"] = device
-            log.info("claimed GPU slot %d (CUDA_VISIBLE_DEVICES=%s, lock %s)", index, device, path)
+            logger.info("claimed GPU slot %d (CUDA_VISIBLE_DEVICES=%s, lock %s)", index, device, path)
             slot = GpuSlot(index, device, path, handle)
             _held.append(slot)
             return slot

@@ -11,11 +11,14 @@ from __future__ import annotations
 import os
 import threading
 import warnings
-from typing import Sequence
+from typing import TYPE_CHECKING, Iterator, Sequence
 
 import numpy as np
 import torch
 from PIL import Image, ImageOps
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -103,13 +106,27 @@ def to_rgb(im: Image.Image) -> Image.Image:
     return im.convert("RGB")
 
 
-def to_tensor(im: Image.Image, size: int, normalization: str = "imagenet") -> torch.Tensor:
-    """Resize an RGB image to ``size`` x ``size`` and return a float32 tensor ``(3, size, size)``."""
+def resize_square(im: Image.Image, size: int) -> Image.Image:
+    """``im`` resized to ``size`` x ``size`` (bilinear, antialiased): the image as the model sees it."""
     if im.size != (size, size):
         im = im.resize((size, size), Image.Resampling.BILINEAR, reducing_gap=None)
-    arr = np.asarray(im, dtype=np.float32) / 255.0
+    return im
+
+
+def to_tensor(im: Image.Image, size: int, normalization: str = "imagenet") -> torch.Tensor:
+    """Resize an RGB image to ``size`` x ``size`` and return a float32 tensor ``(3, size, size)``."""
+    arr = np.asarray(resize_square(im, size), dtype=np.float32) / 255.0
     x = torch.from_numpy(arr.transpose(2, 0, 1).copy())
     return normalize(x, normalization)
+
+
+def model_view(path: str | os.PathLike, size: int, normalization: str = "imagenet") -> tuple[np.ndarray, torch.Tensor]:
+    """The image as the model sees it: ``(size, size, 3)`` uint8 and the input tensor ``(3, size, size)``.
+
+    One decode for both; the tensor equals :func:`load_tensor`'s.
+    """
+    im = resize_square(open_image(path), size)
+    return np.asarray(im, dtype=np.uint8), to_tensor(im, size, normalization)
 
 
 def normalize(x: torch.Tensor, normalization: str = "imagenet") -> torch.Tensor:
@@ -142,6 +159,20 @@ def load_batch(paths: Sequence[str | os.PathLike], size: int, normalization: str
     if len(paths) == 0:
         return torch.empty(0, 3, size, size)
     return torch.stack([load_tensor(p, size, normalization) for p in paths])
+
+
+def iter_batches(
+    rows: "pd.DataFrame", size: int, normalization: str, batch_size: int, columns: Sequence[str] = ()
+) -> Iterator[tuple]:
+    """Batches of a table of images (column ``path``): ``(x (B, 3, size, size), *values of columns)``.
+
+    The one image pipeline of the stages that run a model over many images;
+    each extra item is the list of that column's values for the batch.
+    """
+    for start in range(0, len(rows), batch_size):
+        batch = rows.iloc[start:start + batch_size]
+        yield (load_batch(batch["path"].tolist(), size, normalization),
+               *[batch[c].tolist() for c in columns])
 
 
 class ImageDataset(torch.utils.data.Dataset):

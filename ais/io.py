@@ -25,7 +25,6 @@ from typing import Any, Iterator, Mapping
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 
@@ -247,3 +246,28 @@ def safetensors_bytes(tensors: Mapping[str, Any], metadata: Mapping[str, str] | 
     if len(text) > n:  # cannot happen: the same JSON, reordered
         raise ValueError("safetensors header grew when sorted")
     return data[:8] + text + b" " * (n - len(text)) + data[8 + n :]
+
+
+def write_maps(path: str | os.PathLike, maps: Mapping[str, Any]) -> None:
+    """Save one image's maps to a compressed ``.npz`` atomically; floating arrays as float16.
+
+    float16 keeps ~3 significant digits, ample for maps in [-1, 1]; other
+    arrays (the ``image`` as uint8, the ``image_id`` string) are stored as they are.
+    """
+    import numpy as np
+
+    arrays = {}
+    for name, arr in maps.items():
+        arr = np.asarray(arr)
+        arrays[name] = arr.astype(np.float16) if np.issubdtype(arr.dtype, np.floating) else arr
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        np.savez_compressed(fh, **arrays)
+
+
+def read_maps(path: str | os.PathLike) -> dict[str, Any]:
+    """Read maps saved by :func:`write_maps`: floating arrays as float32, the rest as stored; no pickles."""
+    import numpy as np
+
+    with np.load(path, allow_pickle=False) as data:
+        return {k: data[k].astype(np.float32) if np.issubdtype(data[k].dtype, np.floating) else data[k]
+                for k in data.files}

@@ -1,7 +1,7 @@
 """Benchmark: per-image heatmap panels (ais.render.panel + save_png) on one core.
 
 Renders ``--n`` random ``--size``-pixel images with the full set of maps that
-:func:`ais.heatmaps.compute_maps` returns (layer-resolution maps upsampled to
+:func:`ais.methods.compute_maps` returns (layer-resolution maps upsampled to
 the image, as there) and writes each panel as PNG. The images are smooth
 random fields plus pixel noise (like photographs, unlike pure noise, which no
 PNG encoder compresses). Prints a JSON line last:

@@ -1,12 +1,5 @@
 # Parse-time Python: config validation, paths, input functions. Rules hold no lambdas.
-import os
-import sys
-from pathlib import Path
-
-# The ais package, also without an install and in jobs (scripts, conda envs, cluster jobs).
-sys.path.insert(0, workflow.basedir)
-os.environ.update(PYTHONPATH=os.pathsep.join(filter(None, [workflow.basedir, os.environ.get("PYTHONPATH")])))
-
+# The ais package is installed (`make` installs it into .venv; envs/ais.yaml installs it with pip).
 from ais.config import ConfigError, check_paths, validate_config
 
 
@@ -21,7 +14,6 @@ config.update(_validated)
 R = config["results"]
 LOGS = f"{R}/logs"
 BENCH = f"{R}/benchmarks"
-SCRIPTS = Path(workflow.basedir) / "workflow_scripts"
 
 
 wildcard_constraints:

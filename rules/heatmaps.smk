@@ -68,6 +68,7 @@ rule plot_gallery:
             caption="../report/heatmap_gallery.rst",
             category="Heatmaps",
         ),
+        selection=f"{R}/heatmaps/gallery.json",
     log:
         f"{LOGS}/heatmaps/plot_gallery.log",
     params:

@@ -42,6 +42,7 @@ rule build_report:
         agreement=f"{R}/heatmaps/agreement.parquet",
         localization=f"{R}/heatmaps/localization.json",
         gallery=f"{R}/heatmaps/gallery.png",
+        gallery_selection=f"{R}/heatmaps/gallery.json",
         crops=f"{R}/report/top_channels.parquet",
         crops_figure=f"{R}/report/top_channels.png",
         panels=get_heatmap_panels(),
@@ -73,7 +74,6 @@ rule build_report:
     params:
         config=config,
         benchmarks=BENCH,
-        gallery=config["heatmaps"]["gallery"],
     conda:
         "../envs/ais.yaml"
     script:

@@ -1,11 +1,5 @@
-"""Rule make_demo: generate the offline synthetic realism data set."""
+"""Rule make_demo: generate the offline synthetic realism data set (ais.stages.make_demo)."""
 
-from pathlib import Path
+from ais.stages import make_demo
 
-from ais.demo import generate_demo
-from ais.logs import setup_logging
-
-if __name__ == "__main__":
-    setup_logging(snakemake.log[0])  # noqa: F821 (injected by Snakemake)
-    demo = snakemake.params.demo  # noqa: F821
-    generate_demo(Path(snakemake.output.sheet).parent, **demo)  # noqa: F821
+make_demo.main(snakemake)  # noqa: F821

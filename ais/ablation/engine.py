@@ -1,0 +1,308 @@
+"""The engine: :class:`ChannelAblation` ablates every output channel of one layer, exactly and fast."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterator, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from ais.ablation.cuts import _cut_network, _module_names
+from ais.hooks import Hooks
+from ais.layers import resolve_layer
+from ais.targets import RegressionTarget, Target
+
+PATHS = ("lowrank", "tail", "generic")
+DEFAULT_MEMORY_BUDGET = 1 << 30  # bytes of activations per ablated batch when channel_batch="auto"
+
+
+def require_eval(model: nn.Module) -> None:
+    """Refuse a model with any module in training mode (dropout and batch statistics make ablation meaningless)."""
+    training = [name or "(model)" for name, m in model.named_modules() if m.training]
+    if training:
+        more = ", ..." if len(training) > 5 else ""
+        raise ValueError(
+            "the model must be in eval mode (dropout and batch statistics make ablation meaningless); "
+            f"call model.eval() first (in training mode: {', '.join(training[:5])}{more})"
+        )
+
+
+def _as_index(channels: Sequence[int] | Tensor | None, n_channels: int, device: torch.device) -> Tensor:
+    if channels is None:
+        return torch.arange(n_channels, device=device)
+    idx = torch.as_tensor(channels, dtype=torch.long).reshape(-1)
+    if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= n_channels):
+        raise ValueError(f"channels must lie in [0, {n_channels}); got {idx.min().item()}..{idx.max().item()}")
+    return idx.to(device)
+
+
+def _take(t: Tensor, dim: int, idx: Tensor) -> Tensor:
+    """``t.index_select(dim, idx)``, but a view (no copy) when ``idx`` is a run ``a, a+1, ..., b``."""
+    if len(idx) and int(idx[-1]) - int(idx[0]) == len(idx) - 1 and bool((idx.diff() == 1).all()):
+        return t.narrow(dim, int(idx[0]), len(idx))
+    return t.index_select(dim, idx)
+
+
+def _chunks(total: int, size: int) -> Iterator[slice]:
+    for start in range(0, total, size):
+        yield slice(start, min(total, start + size))
+
+
+def _per_sample(t: object) -> int:
+    return t[0].numel() if isinstance(t, Tensor) and t.ndim >= 1 and t.shape[0] else 0
+
+
+@dataclass
+class _Forward:
+    """What one ordinary forward pass of ``N`` images leaves behind."""
+
+    key: tuple[int, ...]  # the input's (3, H, W): activation sizes depend on it
+    y_pred: Tensor  # (N,)
+    activation: Tensor | None  # A, the conv output (N, C, H, W)
+    linear_in: Tensor | None  # g (N, F), lowrank only
+    linear_out: Tensor | None  # z (N, out), lowrank only
+    sizes: dict[str, int]  # per-sample numel of each leaf module's output (when recorded)
+
+
+class ChannelAblation:
+    """Ablate every output channel of one ``nn.Conv2d``, exactly and fast.
+
+    ``engine(x)`` with images ``x`` of shape ``(N, 3, H, W)`` returns
+    ``(y_pred, y_ablated)`` of shapes ``(N,)`` and ``(N, K)`` (float32, on the
+    CPU): the target of the unablated model and, for each of the ``K``
+    channels (all ``C`` by default), of the model with that channel zeroed.
+
+    Parameters
+    ----------
+    model:
+        In eval mode. Its weights are never written; the engine registers
+        forward hooks only while a call runs and removes them in ``finally``.
+    target_layer:
+        Module name of the conv (``"features.28"``) or ``"auto"`` (the last Conv2d).
+    target:
+        Callable mapping the model output ``(N, ...)`` to ``(N,)``; default
+        :class:`RegressionTarget`.
+    channel_batch:
+        Ablated copies (image x channel) evaluated per pass, or ``"auto"``:
+        as many as keep the pass's activations under ``memory_budget`` bytes.
+    device:
+        Where to run; ``None``: where the model's parameters are. Otherwise
+        the model is moved there (``model.to(device)``, values unchanged).
+    path:
+        ``"auto"`` (``lowrank``, else ``tail``, else ``generic``) or one of
+        :data:`PATHS` (``ValueError`` if it does not apply to the model).
+
+    Use as a context manager (or call :meth:`close`) to release the engine's
+    cached weight layout.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        target_layer: str = "auto",
+        target: Target | None = None,
+        channel_batch: int | str = "auto",
+        device: str | torch.device | None = None,
+        path: str = "auto",
+        memory_budget: int = DEFAULT_MEMORY_BUDGET,
+    ) -> None:
+        if channel_batch != "auto" and not (isinstance(channel_batch, int) and channel_batch >= 1):
+            raise ValueError(f"channel_batch must be a positive integer or 'auto', got {channel_batch!r}")
+        if path != "auto" and path not in PATHS:
+            raise ValueError(f"path must be 'auto' or one of {PATHS}, got {path!r}")
+        require_eval(model)
+        self.model = model
+        self.layer_name = resolve_layer(model, target_layer)
+        self.conv: nn.Conv2d = model.get_submodule(self.layer_name)
+        self.n_channels: int = self.conv.out_channels
+        self.target: Target = RegressionTarget() if target is None else target
+        self.channel_batch = channel_batch
+        self.memory_budget = int(memory_budget)
+        param = next(model.parameters())
+        self.device = param.device if device is None else torch.device(device)
+        if param.device != self.device:
+            model.to(self.device)
+        self._hooks = Hooks()
+        self._weight_cache: dict[int, tuple[int, int, Tensor]] = {}
+        self._auto_batch: dict[tuple[int, ...], int] = {}
+
+        cuts = _cut_network(model, self.layer_name)
+        self._plan, self._tail = cuts.lowrank, cuts.tail
+        self.reasons = cuts.reasons  # path -> why it does not apply
+        if path == "auto":
+            self.path = cuts.available[0]
+        elif path in cuts.available:
+            self.path = path
+        else:
+            raise ValueError(f"path {path!r} does not apply to {type(model).__name__}: {self.reasons[path]}")
+
+    # ----------------------------------------------------------------- public
+
+    def __call__(self, x: Tensor, channels: Sequence[int] | Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """Ablate ``channels`` (default: all) for images ``x`` ``(N, 3, H, W)``.
+
+        Returns ``y_pred`` ``(N,)`` and ``y_ablated`` ``(N, K)``, float32 on the CPU.
+        """
+        x = x.to(self.device, torch.float32)
+        idx = _as_index(channels, self.n_channels, self.device)
+        try:
+            with torch.no_grad():
+                fwd = self._forward(x)
+                if idx.numel() == 0:
+                    y_abl = x.new_empty(len(x), 0)
+                elif self.path == "lowrank":
+                    y_abl = self._lowrank(fwd, idx)
+                elif self.path == "tail":
+                    y_abl = self._tail_path(fwd, idx)
+                else:
+                    y_abl = self._generic(x, fwd, idx)
+            return fwd.y_pred.float().cpu(), y_abl.float().cpu()
+        finally:
+            self._hooks.remove()
+
+    def close(self) -> None:
+        """Remove any hook still registered and drop cached tensors."""
+        self._hooks.remove()
+        self._weight_cache.clear()
+
+    def __enter__(self) -> "ChannelAblation":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def describe(self) -> dict[str, object]:
+        """The engine's settings, for provenance metadata."""
+        return {
+            "target_layer": self.layer_name,
+            "n_channels": self.n_channels,
+            "path": self.path,
+            "target": repr(self.target),
+            "channel_batch": self.channel_batch,
+        }
+
+    # ----------------------------------------------------------------- passes
+
+    def _forward(self, x: Tensor) -> _Forward:
+        """One ordinary forward pass of the model, capturing what the chosen path needs."""
+        captured: dict[str, Tensor] = {}
+        sizes: dict[str, int] = {}
+        key = tuple(x.shape[1:])
+        if self.path != "generic":
+            # clone: torchvision's ReLU(inplace=True) would overwrite the conv output
+            self._hooks.add(self.conv, lambda m, i, o: captured.__setitem__("A", o.clone()))
+        if self.path == "lowrank":
+
+            def keep_linear(m: nn.Module, inputs: tuple[Tensor, ...], output: Tensor) -> None:
+                captured["g"] = inputs[0].clone()
+                captured["z"] = output.clone()
+
+            self._hooks.add(self._plan.linear, keep_linear)
+        if self.channel_batch == "auto" and key not in self._auto_batch:
+            for name, m in self.model.named_modules():
+                if not any(True for _ in m.children()):
+                    self._hooks.add(m, lambda m, i, o, name=name: sizes.__setitem__(name, _per_sample(o)))
+        try:
+            output = self.model(x)
+        finally:
+            self._hooks.remove()
+        y = self.target(output)
+        if y.shape != (len(x),):
+            raise ValueError(f"the target must map the model output to shape ({len(x)},), got {tuple(y.shape)}")
+        return _Forward(key, y, captured.get("A"), captured.get("g"), captured.get("z"), sizes)
+
+    def _batch_rows(self, fwd: _Forward, stage_modules: Sequence[str], width: int) -> int:
+        """Ablated copies per pass: the integer setting, or sized from the stage's activations.
+
+        ``width``: per-copy numel of the stage's input; ``stage_modules``: the
+        modules it runs, whose per-copy output sizes the forward pass recorded.
+        """
+        if self.channel_batch != "auto":
+            return int(self.channel_batch)
+        if fwd.key not in self._auto_batch:
+            per_copy = max([width] + [fwd.sizes.get(name, 0) for name in stage_modules])
+            self._auto_batch[fwd.key] = max(1, self.memory_budget // (3 * 4 * per_copy))  # in, out, slack; float32
+        return self._auto_batch[fwd.key]
+
+    def _check(self, y_cut: Tensor, y_pred: Tensor, what: str) -> None:
+        if not torch.allclose(y_cut, y_pred, rtol=1e-4, atol=1e-5):
+            err = (y_cut - y_pred).abs().max().item()
+            raise RuntimeError(
+                f"the {what} cut out of the traced model does not reproduce the model's prediction "
+                f"(max |difference| {err:.3g}); the model's forward differs from its trace: use path='generic'"
+            )
+
+    def _lowrank(self, fwd: _Forward, idx: Tensor) -> Tensor:
+        """``z_c = z - W[:, block_c] @ (g_c - g0_c)``, then the layers after the first Linear."""
+        plan, A, g, z = self._plan, fwd.activation, fwd.linear_in, fwd.linear_out
+        n, c = A.shape[:2]
+        self._check(plan.between(A.clone()), g, "part between the conv and the first Linear")
+        self._check(self.target(plan.rest(z.clone())), fwd.y_pred, "part after the first Linear")
+        g0 = plan.between(torch.zeros_like(A[:1]))  # (1, F): each channel's block when it is zeroed
+        block = g.shape[1] // c
+        if g.ndim != 2 or g.shape[1] != c * block:
+            raise RuntimeError(f"the first Linear's input {tuple(g.shape)} is not {c} channel blocks")
+        d = (g - g0).view(n, c, block)  # (N, C, block)
+        weight = self._block_weight(plan.linear, c, block)  # (C, block, out)
+        rows = self._batch_rows(fwd, _module_names(plan.rest), plan.linear.out_features)
+        per_chunk = max(1, rows // n)
+        out = []
+        for sl in _chunks(len(idx), per_chunk):
+            ch = idx[sl]
+            dz = torch.bmm(_take(d, 1, ch).transpose(0, 1), _take(weight, 0, ch))  # (K, N, out)
+            zc = z.unsqueeze(0) - dz
+            y = self.target(plan.rest(zc.reshape(-1, zc.shape[-1])))  # rows ordered channel, image
+            out.append(y.view(len(ch), n).T)
+        return torch.cat(out, dim=1)
+
+    def _block_weight(self, linear: nn.Linear, c: int, block: int) -> Tensor:
+        """The first Linear's weight as ``(C, block, out)`` blocks, contiguous for ``bmm``.
+
+        Cached (one copy of the weight) and rebuilt if the weight changes.
+        """
+        w = linear.weight
+        cached = self._weight_cache.get(block)
+        stamp = (w.data_ptr(), w._version)
+        if cached is None or cached[:2] != stamp:
+            blocks = w.detach().view(w.shape[0], c, block).permute(1, 2, 0).contiguous()
+            self._weight_cache = {block: (*stamp, blocks)}
+            cached = self._weight_cache[block]
+        return cached[2]
+
+    def _pairs(self, n: int, idx: Tensor, rows: int) -> Iterator[tuple[Tensor, Tensor]]:
+        """(image, channel) index pairs, image-major, ``rows`` at a time."""
+        k = len(idx)
+        for sl in _chunks(n * k, rows):
+            r = torch.arange(sl.start, sl.stop, device=idx.device)
+            yield r // k, idx[r % k]
+
+    def _tail_path(self, fwd: _Forward, idx: Tensor) -> Tensor:
+        """The tail after the conv on copies of ``A`` with one channel zeroed each."""
+        A = fwd.activation
+        self._check(self.target(self._tail(A.clone())), fwd.y_pred, "tail after the conv")
+        rows = self._batch_rows(fwd, _module_names(self._tail), A[0].numel())
+        out = []
+        for images, chans in self._pairs(len(A), idx, rows):
+            copies = A[images]  # advanced indexing: a copy
+            copies[torch.arange(len(images), device=A.device), chans] = 0
+            out.append(self.target(self._tail(copies)))
+        return torch.cat(out).view(len(A), len(idx))
+
+    def _generic(self, x: Tensor, fwd: _Forward, idx: Tensor) -> Tensor:
+        """The whole model on copies of the images, the conv's output masked by a hook."""
+        rows = self._batch_rows(fwd, [n for n, _ in self.model.named_modules()], x[0].numel())
+        out = []
+        for images, chans in self._pairs(len(x), idx, rows):
+            mask = torch.zeros(len(images), self.n_channels, 1, 1, dtype=torch.bool, device=x.device)
+            mask[torch.arange(len(images), device=x.device), chans] = True
+
+            def zero_channel(m: nn.Module, inputs: tuple[Tensor, ...], output: Tensor, mask: Tensor = mask) -> Tensor:
+                return output.masked_fill(mask, 0.0)
+
+            self._hooks.add(self.conv, zero_channel)
+            try:
+                out.append(self.target(self.model(x[images])))
+            finally:
+                self._hooks.remove()
+        return torch.cat(out).view(len(x), len(idx))

@@ -1,0 +1,209 @@
+"""``index.html``: one self-contained page, one function per section.
+
+Every figure is embedded as a data URI, so the page opens from disk and can
+be mailed or put in a paper's supplement as one file. Links to the raw
+tables are relative to the page (``results/report/index.html`` ->
+``../fusion/channels.parquet``). Wording about the model's output comes
+from the task (:class:`ais.tasks.TaskWords`).
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import logging
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from ais.map_figures import GALLERY_GROUPS
+from ais.reporting.markup import CSS, ci, fmt, img, link, table
+from ais.tables import LOCALIZATION_AUCS, SPLITS
+from ais.tasks import TaskWords
+
+logger = logging.getLogger(__name__)
+
+
+Panels = Mapping[str, Sequence[tuple[str, bytes]]]
+
+
+def render_page(summary: Mapping[str, Any], figures: Mapping[str, bytes], panels: Panels,
+                files: Mapping[str, str], page_dir: Path, words: TaskWords) -> str:
+    """The report page: ``summary`` (:func:`ais.reporting.summary.summarize`) with every figure embedded.
+
+    ``panels`` are the gallery's per-image panels by group, ``files`` the
+    linked tables by label (``"rejected rows"`` is also linked from the data
+    section), ``page_dir`` the folder the page is written to.
+    """
+    run, data, training, fusion, maps = (summary[k] for k in ("run", "data", "training", "fusion", "heatmaps"))
+    parts = [
+        *head(run, data, training),
+        *run_section(run),
+        *data_section(data, figures, files["rejected rows"], page_dir, words),
+        *training_section(training, figures, words),
+        *channels_section(fusion, figures, words),
+        *top_section(fusion, figures),
+        *gallery_section(figures, panels, words),
+        *agreement_section(maps["agreement"], figures),
+        *localization_section(maps["localization"]),
+        *files_section(files, page_dir),
+    ]
+    return "\n".join(parts)
+
+
+def head(run: Mapping[str, Any], data: Mapping[str, Any], training: Mapping[str, Any]) -> list[str]:
+    """The document head, the title, one line about the run and the section links."""
+    return [
+        "<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\">",
+        "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">",
+        "<title>AIS report</title>", f"<style>{CSS}</style></head><body>",
+        "<h1>AIS report: what the realism model sees</h1>",
+        f'<p class="muted">git revision {fmt(run.get("git_revision"))}; model {fmt(training.get("arch"))} '
+        f'on {fmt(training.get("device"))}; {fmt(data["n_images"])} images.</p>',
+        '<nav><a href="#run">Run</a><a href="#data">Data</a><a href="#training">Training</a>'
+        '<a href="#channels">Channel scores</a><a href="#top">Top channels</a><a href="#gallery">Heatmaps</a>'
+        '<a href="#agreement">Agreement</a><a href="#localization">Localisation</a><a href="#files">Files</a></nav>',
+    ]
+
+
+def run_section(run: Mapping[str, Any]) -> list[str]:
+    """Wall time per stage, library versions and the configuration."""
+    stages = run.get("stages", [])
+    times = table(["stage", "jobs", "sum of job seconds", "longest job (s)", "peak memory (MB)"],
+                  [[s["label"], s["jobs"], s["seconds_total"], s["seconds_longest_job"], s["max_rss_mb"]]
+                   for s in stages])
+    config = html.escape(json.dumps(run.get("config", {}), indent=2, sort_keys=True))
+    return ['<h2 id="run">Run summary</h2>',
+            "<p>Wall time per stage from the rules' benchmark files (jobs of a stage may run in parallel: "
+            "the longest job bounds the stage's wall time, the sum is its compute time).</p>",
+            times if stages else "<p>No benchmark files found.</p>",
+            table(["library", "version"], sorted((run.get("versions") or {}).items())),
+            f"<details><summary>Configuration</summary><pre>{config}</pre></details>"]
+
+
+def data_section(data: Mapping[str, Any], figures: Mapping[str, bytes], rejected: str, page_dir: Path,
+                 words: TaskWords) -> list[str]:
+    """Images per split, the scores, the rejected rows (linked) and why they were rejected."""
+    score = data["score"]
+    rejected_link = f" ({link(rejected, page_dir, 'rejected.csv')})" if data["n_rejected"] else ""
+    parts = ['<h2 id="data">Data</h2>',
+             table(["split", "images"], [[s, data["per_split"][s]] for s in SPLITS] + [["all", data["n_images"]]]),
+             f"<p>Labelled images: {fmt(data['n_labelled'])}; {words.score} mean {fmt(score['mean'])}, "
+             f"sd {fmt(score['sd'])}, range {fmt(score['min'])} to {fmt(score['max'])}. "
+             f"Rejected rows: {fmt(data['n_rejected'])}{rejected_link}.</p>"]
+    if data["rejected_reasons"]:
+        parts.append(table(["reason", "rows"], sorted(data["rejected_reasons"].items(), key=lambda kv: -kv[1])))
+    parts.append(img(figures["scores"], "score distribution", f"{words.score.capitalize()}s per split."))
+    return parts
+
+
+def training_section(training: Mapping[str, Any], figures: Mapping[str, bytes], words: TaskWords) -> list[str]:
+    """Epochs, the test metrics with their intervals, the training curve and predicted against true."""
+    test = training["test"]
+    return ['<h2 id="training">Training and test metrics</h2>',
+            f"<p>Best epoch {fmt(training['best_epoch'])} of {fmt(training['epochs_run'])} "
+            f"(stopped early: {fmt(training['stopped_early'])}). Test metrics with bootstrap 95 % intervals:</p>",
+            table(["metric", "value", "95 % interval"],
+                  [[name.upper(), block["value"], ci(block)] for name, block in test.items()]),
+            img(figures["training_curve"], "training curve",
+                "Training and validation loss and validation SRCC per epoch; dashed: the epoch kept."),
+            img(figures["predicted"], "predicted against true", f"Predicted against {words.true}; dashed: identity.")]
+
+
+def channels_section(fusion: Mapping[str, Any], figures: Mapping[str, bytes], words: TaskWords) -> list[str]:
+    """How the scores are fused, the pairs per quadrant, their split-half reliability, their distribution."""
+    quadrants = fusion["quadrants"]
+    rows = []
+    for helpfulness in ("helpful", "harmful", "neutral"):
+        row = [helpfulness] + [quadrants.get(f"{helpfulness}-{d}", 0) for d in ("raises", "lowers", "none")]
+        rows.append(row + [sum(row[1:])])
+    parts = ['<h2 id="channels">Channel scores</h2>',
+             f"<p>Fusion: z-score of |&Delta;y| ({fmt(fusion['scope'])} scope, magnitude "
+             f"{fmt(fusion['magnitude'])}) times the sign of &Delta;error. "
+             f"{fmt(fusion['n_flipped'])} of {fmt(fusion['n_pairs'])} image-channel scores have their direction "
+             "flipped by a negative z (|&Delta;y| below the mean).</p>",
+             "<p>Image-channel pairs per quadrant (helpful: &Delta;error &gt; 0, removing the channel raises the "
+             f"error; {words.raises}: &Delta;y &lt; 0, removing the channel lowers the {words.predicted}):</p>",
+             table(["", words.raises, words.lowers, "no effect", "all"], rows)]
+    parts += reliability_part(fusion.get("reliability"))
+    parts.append(img(figures["channel_scores"], "channel scores",
+                     "Left: all image-channel AIS scores. Right: data-set-level score per channel "
+                     "(mean over labelled images) with bootstrap 95 % intervals; red helpful, blue harmful."))
+    return parts
+
+
+def reliability_part(reliability: Mapping[str, Any] | None) -> list[str]:
+    """The split-half reliability of the data-set-level scores (nothing when fusion did not compute it)."""
+    if not reliability:
+        return []
+    rows = [[name, block.get("spearman"), block.get("spearman_sd"), block.get("spearman_brown"),
+             block.get("n_splits"), block.get("n_images")]
+            for name, block in reliability.items() if isinstance(block, Mapping)]
+    return ["<p>Split-half reliability of the data-set-level channel scores: Spearman correlation between "
+            "the scores from two random halves of the images, averaged over random halvings "
+            "(Spearman-Brown: corrected to the full set). <i>ais</i>: mean AIS score; <i>direction</i>: "
+            "mean &minus;&Delta;y.</p>",
+            table(["score", "split-half Spearman", "sd over halvings", "Spearman-Brown", "halvings", "images"], rows)]
+
+
+def top_section(fusion: Mapping[str, Any], figures: Mapping[str, bytes]) -> list[str]:
+    """The five most helpful and most harmful channels, and their top-activating crops."""
+    def rows(group: str, channels: Sequence[Mapping[str, Any]]) -> list[list[Any]]:
+        return [[group, c["channel"], c["mean_ais_score"], ci(c), c["fraction_helpful"], c["mean_delta_prediction"]]
+                for c in channels[:5]]
+
+    parts = ['<h2 id="top">Top channels</h2>',
+             table(["group", "channel", "mean AIS score", "95 % interval", "fraction helpful", "mean Δy"],
+                   rows("helpful", fusion["top_helpful"]) + rows("harmful", fusion["top_harmful"]))]
+    if "crops" in figures:
+        parts.append(img(figures["crops"], "top channel crops",
+                         "The crops (of the model's input view) that activate each top channel most, "
+                         "highest first; one row per channel."))
+    return parts
+
+
+def gallery_section(figures: Mapping[str, bytes], panels: Panels, words: TaskWords) -> list[str]:
+    """How the maps are drawn, the colour scale, the gallery and the per-image panels by group."""
+    parts = ['<h2 id="gallery">Heatmaps</h2>',
+             "<p>Maps are divided by their maximum absolute value into [&minus;1, 1] and drawn over the image "
+             "(60 % image, 40 % map) with a red&ndash;blue scale centred at 0. <b>AIS</b>: the layer's ReLU "
+             "activations weighted by the image's AIS scores (red: helpful channels, blue: harmful). "
+             f"<b>Direction</b>: weighted by &minus;&Delta;y (red: {words.raises}, blue: lowers it). "
+             "Grad-CAM uses its own [0, 1] scale.</p>",
+             img(figures["colour_scale"], "colour scale", "The signed colour scale."),
+             img(figures["gallery"], "heatmap gallery", "Best-, median- and worst-predicted images.")]
+    for group, shown in panels.items():
+        what = f"{group}-predicted" if group in GALLERY_GROUPS else f"{group} {words.predicted}"
+        parts += [img(png, f"{group}: {image_id}", f"{what}: {image_id}") for image_id, png in shown]
+    return parts
+
+
+def agreement_section(agreement: Mapping[str, Any], figures: Mapping[str, bytes]) -> list[str]:
+    """CC, SIM and KLD between |AIS| and Grad-CAM over images."""
+    rows = [[name, block["n"], block["mean"], block["median"]]
+            for name, block in agreement.items() if isinstance(block, Mapping)]
+    return ['<h2 id="agreement">Agreement between AIS and Grad-CAM</h2>',
+            "<p>Per image, |AIS| against Grad-CAM as saliency benchmarks define them: CC (Pearson), "
+            "SIM (histogram intersection of the normalised maps) and KLD (Kullback-Leibler divergence, "
+            "lower is closer).</p>",
+            table(["metric", "images", "mean", "median"], rows),
+            img(figures["agreement"], "agreement", "Distribution over images; orange: median.")]
+
+
+def localization_section(loc: Mapping[str, Any]) -> list[str]:
+    """The localisation AUCs against the demo's ground-truth masks, or why there are none."""
+    parts = ['<h2 id="localization">Localisation (demo masks)</h2>']
+    aucs = [[k, loc.get(k)] for k in LOCALIZATION_AUCS if k in loc]
+    if any(v is not None for _, v in aucs):
+        parts += ["<p>Area under the ROC curve of each map's pixels against the ground-truth regions "
+                  "(see the README for which map and which mask each key uses).</p>",
+                  table(["key", "AUC"], aucs)]
+    else:
+        parts.append(f"<p>No ground-truth masks in this data set: {fmt(loc.get('reason', 'not computed'))}.</p>")
+    return parts
+
+
+def files_section(files: Mapping[str, str], page_dir: Path) -> list[str]:
+    """Links to the tables behind the page, relative to it."""
+    return ['<h2 id="files">Files</h2><ul>',
+            *[f"<li>{html.escape(label)}: {link(path, page_dir)}</li>" for label, path in files.items()],
+            "</ul></body></html>"]

@@ -1,0 +1,185 @@
+"""``summary.json``'s content: the report's key figures as plain JSON values.
+
+:func:`summarize` is the whole summary, one block per part of the workflow
+(run, data, training, fusion, top channel crops, heatmaps). Wall time per
+stage comes from the rules' benchmark files: per stage the number of jobs,
+the sum of their seconds (compute) and the longest job (:func:`stage_times`).
+The run block (git revision and library versions of the fine-tuning, the
+config, the stage times) is the summary's provenance.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Mapping
+
+import numpy as np
+import pandas as pd
+
+from ais.fusion import QUADRANTS
+from ais.reporting.data import ReportData
+from ais.tables import LOCALIZATION_AUCS, SPLITS
+
+logger = logging.getLogger(__name__)
+
+#: Benchmark folders (under results/benchmarks) and the stage each one times, in workflow order.
+STAGES = {
+    "demo": "demo data",
+    "data": "intake",
+    "model": "fine-tune",
+    "ablation": "ablation",
+    "fusion": "fusion",
+    "heatmaps": "heatmaps",
+    "report": "report",
+}
+
+#: Channels listed per direction (helpful, harmful) in the summary.
+N_TOP = 10
+
+
+def summarize(data: ReportData) -> dict[str, Any]:
+    """The report's key figures as plain JSON values (``summary.json``)."""
+    return {
+        "run": run_block(data),
+        "data": data_block(data.manifest, data.rejected),
+        "training": training_block(data.metrics, data.predictions),
+        "fusion": fusion_block(data.fusion, data.channels, data.scores["quadrant"]),
+        "top_channel_crops": {
+            "channels": sorted(int(c) for c in data.crops["channel"].unique()),
+            "n_crops": int(len(data.crops)),
+        },
+        "heatmaps": heatmaps_block(data.agreement, data.localization, data.gallery),
+    }
+
+
+def run_block(data: ReportData) -> dict[str, Any]:
+    """Git revision and versions (those of the fine-tuning), the config and the wall time per stage."""
+    stamped = data.metrics.get("provenance", {})
+    return {
+        "git_revision": stamped.get("git_revision"),
+        "versions": stamped.get("versions"),
+        "config": dict(data.config),
+        "stages": stage_times(data.benchmarks),
+    }
+
+
+def stage_times(bench: pd.DataFrame) -> list[dict[str, Any]]:
+    """Per stage: jobs, summed and longest job seconds, peak memory; workflow order, unknown stages last."""
+    out = []
+    order = {name: i for i, name in enumerate(STAGES)}
+    for stage, group in sorted(bench.groupby("stage"), key=lambda kv: (order.get(kv[0], len(order)), kv[0])):
+        rss = group["max_rss_mb"].dropna()
+        out.append({
+            "stage": stage,
+            "label": STAGES.get(stage, stage),
+            "jobs": int(len(group)),
+            "seconds_total": round(float(group["seconds"].sum()), 3),
+            "seconds_longest_job": round(float(group["seconds"].max()), 3),
+            "max_rss_mb": round(float(rss.max()), 1) if len(rss) else None,
+        })
+    return out
+
+
+def data_block(manifest: pd.DataFrame, rejected: pd.DataFrame) -> dict[str, Any]:
+    """Images per split, labelled images and their scores, rejected rows and why."""
+    counts = manifest["split"].value_counts()
+    reasons = rejected["reason"].value_counts() if "reason" in rejected.columns else pd.Series(dtype=int)
+    return {
+        "n_images": int(len(manifest)),
+        "per_split": {s: int(counts.get(s, 0)) for s in SPLITS},
+        "n_labelled": int(manifest["y_true"].notna().sum()),
+        "score": describe(manifest["y_true"]),
+        "n_rejected": int(len(rejected)),
+        "rejected_reasons": {str(k): int(v) for k, v in reasons.items()},
+    }
+
+
+def training_block(metrics: Mapping[str, Any], predictions: pd.DataFrame) -> dict[str, Any]:
+    """The model, the epochs, the test and validation metrics with their intervals."""
+    test = predictions[(predictions["split"] == "test") & predictions["y_true"].notna()]
+    return {
+        "arch": metrics.get("provenance", {}).get("config", {}).get("model", {}).get("arch"),
+        "device": metrics.get("device"),
+        "best_epoch": metrics.get("best_epoch"),
+        "epochs_run": metrics.get("epochs_run"),
+        "stopped_early": metrics.get("stopped_early"),
+        "test": _metric_block(metrics.get("test", {})),
+        "val": _metric_block(metrics.get("val", {})),
+        "n_test_predictions": int(len(test)),
+    }
+
+
+def fusion_block(fusion: Mapping[str, Any], channels: pd.DataFrame, quadrant: pd.Series) -> dict[str, Any]:
+    """Fusion settings, image-channel pairs per quadrant, reliability and the top channels each way."""
+    scored = channels[channels["mean_ais_score"].notna()]
+    ranked = scored.sort_values(["mean_ais_score", "channel"], ascending=[False, True], kind="mergesort")
+    pairs = quadrant_counts(quadrant)
+    return {
+        "scope": fusion.get("scope"),
+        "magnitude": fusion.get("magnitude"),
+        "n_pairs": int(sum(pairs.values())),
+        "quadrants": pairs,
+        "n_flipped": fusion.get("n_flipped", fusion.get("flipped")),
+        "reliability": fusion.get("reliability"),
+        "n_channels": int(len(channels)),
+        "top_helpful": _top_channels(ranked.head(N_TOP)),
+        "top_harmful": _top_channels(ranked[ranked["mean_ais_score"] < 0].iloc[::-1].head(N_TOP)),
+    }
+
+
+def quadrant_counts(quadrant: pd.Series) -> dict[str, int]:
+    """Image-channel pairs per quadrant, from the ``quadrant`` column; an unknown label is an error."""
+    counts = quadrant.value_counts()
+    unknown = sorted(set(counts.index) - set(QUADRANTS))
+    if unknown:
+        raise ValueError(f"unknown quadrant labels {unknown}")
+    return {q: int(counts.get(q, 0)) for q in QUADRANTS}
+
+
+def heatmaps_block(agreement: pd.DataFrame, localization: Mapping[str, Any],
+                   gallery: Mapping[str, list[str]]) -> dict[str, Any]:
+    """Agreement metrics over images, the localisation AUCs (first) and the rest, the gallery's images."""
+    agreement_out: dict[str, Any] = {"n_images": int(len(agreement))}
+    for column in [c for c in agreement.columns if c.split("_", 1)[0] in ("cc", "sim", "kld")]:
+        agreement_out[column] = describe(agreement[column])
+    aucs = {k: localization.get(k) for k in LOCALIZATION_AUCS if k in localization}
+    return {
+        "agreement": agreement_out,
+        "localization": aucs | {k: v for k, v in localization.items() if k not in LOCALIZATION_AUCS},
+        "gallery": {group: list(ids) for group, ids in gallery.items()},
+    }
+
+
+def describe(values: pd.Series) -> dict[str, Any]:
+    """Count, mean, sd, min, median and max of the non-missing values (``None`` each when there are none)."""
+    values = values.dropna().astype(float)
+    if values.empty:
+        return {"n": 0, "mean": None, "sd": None, "min": None, "median": None, "max": None}
+    return {
+        "n": int(len(values)), "mean": float(values.mean()), "sd": float(values.std(ddof=1)) if len(values) > 1 else 0.0,
+        "min": float(values.min()), "median": float(values.median()), "max": float(values.max()),
+    }
+
+
+def _metric_block(metrics: Mapping[str, Any]) -> dict[str, Any]:
+    return {
+        name: {"value": m.get("value"), "ci95": m.get("ci95")}
+        for name, m in metrics.items() if isinstance(m, Mapping) and "value" in m
+    }
+
+
+def _top_channels(frame: pd.DataFrame) -> list[dict[str, Any]]:
+    return [
+        {"channel": int(r.channel), "mean_ais_score": float(r.mean_ais_score),
+         "ci95": [_num(r.mean_ais_score_lo), _num(r.mean_ais_score_hi)],
+         "fraction_helpful": _num(r.fraction_helpful), "mean_delta_prediction": _num(r.mean_delta_prediction)}
+        for r in frame.itertuples()
+    ]
+
+
+def _num(value: Any) -> float | None:
+    try:
+        out = float(value)
+    except (TypeError, ValueError):
+        return None
+    return None if np.isnan(out) else out

@@ -1,0 +1,194 @@
+"""Rule finetune_model: fine-tune the model on the manifest; write checkpoint, history, predictions, metrics.
+
+:func:`run` reads the manifest, builds ``model.arch`` through its family
+(after seeding), checks ``model.target_layer`` before training, trains with
+:func:`ais.training.train` (resumable: the resume state lives in
+``out_dir/resume`` until success) and writes, in ``out_dir``:
+
+- ``model.safetensors`` and ``model.json`` (:func:`ais.models.save_checkpoint`;
+  the spec names the task and its target encoding),
+- ``predictions.parquet`` (:data:`ais.tables.PREDICTIONS_SCHEMA`, every
+  manifest row; metadata: the provenance stamp with ``data_hash``,
+  ``best_epoch`` and ``selection``),
+- ``history.csv`` (one row per epoch) and ``training_curve.png``,
+- ``metrics.json``: the task's test metrics of the test, val and train
+  splits, the run's facts and timings, and ``provenance``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import torch
+from torch import nn
+
+from ais import io
+from ais.config import config_section
+from ais.data import read_manifest
+from ais.families import Family, family_for
+from ais.models import build_model, configure_determinism, save_checkpoint, set_seed
+from ais.stages import job, pick_device, stamp
+from ais.tables import PREDICTIONS_SCHEMA, SPLITS
+from ais.tasks import Task, get_task
+from ais.training import (
+    EpochCallback,
+    TrainResult,
+    check_splits,
+    predict,
+    split_metrics,
+    train,
+    training_curve,
+)
+
+logger = logging.getLogger(__name__)
+
+
+def run(
+    manifest_path: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    model_cfg: Mapping[str, Any],
+    train_cfg: Mapping[str, Any],
+    seed: int,
+    device: str | torch.device | None = None,
+    resume_dir: str | os.PathLike | None = None,
+    on_epoch_end: EpochCallback | None = None,
+) -> dict[str, Any]:
+    """Train on the manifest at ``manifest_path``; write the outputs to ``out_dir``; return ``metrics.json``'s content.
+
+    ``model_cfg`` and ``train_cfg`` are the config's ``model`` and ``train``
+    sections (missing keys take the schema's defaults, except a missing
+    ``target_layer``, which becomes ``auto``: it only decides what
+    ``model.json`` records). ``device`` defaults to CUDA when available.
+    ``resume_dir`` (default ``out_dir/resume``) holds the resume state;
+    ``on_epoch_end(epoch, record)`` is called after each epoch's resume
+    state is on disk.
+    """
+    started = time.perf_counter()
+    out_dir = Path(out_dir)
+    resume_dir = Path(resume_dir) if resume_dir is not None else out_dir / "resume"
+    mcfg, tcfg = _sections(model_cfg, train_cfg)
+    manifest = read_manifest(manifest_path)
+    check_splits(manifest, str(manifest_path))  # before building anything
+    device = pick_device(device)
+    task, family = get_task(mcfg["task"]), family_for(mcfg["arch"])
+    model, target_layer = _build(mcfg, task, family, seed)  # the layer is checked before training, not after
+    result = train(manifest, task, family, model, mcfg, tcfg, seed, device, resume_dir, on_epoch_end)
+    provenance = stamp({"model": mcfg, "train": tcfg, "seed": seed}, data_hash=result.data_hash,
+                       best_epoch=result.best_epoch, selection=task.selection)
+    _write_checkpoint(result, out_dir, mcfg, tcfg, seed, task, target_layer)
+    y_pred = predict(result.model, manifest["path"].tolist(), int(mcfg["input_size"]), mcfg["normalization"],
+                     int(tcfg["batch_size"]), device, task)
+    _write_predictions(out_dir / "predictions.parquet", manifest, y_pred, provenance)
+    _write_history(out_dir, result, task)
+    metrics = {
+        **split_metrics(manifest, y_pred, task, int(tcfg["bootstrap"]), seed),
+        **_facts(result, task, tcfg, manifest, device),
+        "seconds": time.perf_counter() - started,
+        "train_seconds": result.seconds,
+        **provenance,
+    }
+    io.write_json(out_dir / "metrics.json", metrics)
+    shutil.rmtree(resume_dir, ignore_errors=True)
+    _log_test(metrics["test"])
+    return metrics
+
+
+def _sections(model_cfg: Mapping[str, Any], train_cfg: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The ``model`` and ``train`` sections with defaults; a missing target layer is ``auto``."""
+    mcfg, tcfg = config_section("model", model_cfg), config_section("train", train_cfg)
+    if "target_layer" not in model_cfg:  # not a training setting; the stored default is the family's last layer
+        mcfg["target_layer"] = "auto"
+    return mcfg, tcfg
+
+
+def _build(mcfg: Mapping[str, Any], task: Task, family: Family, seed: int) -> tuple[nn.Module, str]:
+    """The seeded, freshly built model (CPU) and its resolved target layer."""
+    configure_determinism()
+    set_seed(seed)
+    model = build_model(mcfg["arch"], mcfg["head"], mcfg["weights"], progress=False, n_outputs=task.n_outputs)
+    return model, family.resolve_layer(model, mcfg["target_layer"])
+
+
+def _write_checkpoint(
+    result: TrainResult, out_dir: Path, mcfg: Mapping[str, Any], tcfg: Mapping[str, Any], seed: int, task: Task,
+    target_layer: str,
+) -> None:
+    spec = {
+        "arch": mcfg["arch"],
+        "head": mcfg["head"],
+        "task": task.name,
+        "weights": mcfg["weights"],
+        "target_layer": target_layer,
+        "input_size": int(mcfg["input_size"]),
+        "normalization": mcfg["normalization"],
+        "seed": seed,
+        "data_hash": result.data_hash,
+        **result.encoding,
+        "best_epoch": result.best_epoch,
+        "selection": task.selection,
+        "train": dict(tcfg),
+    }
+    save_checkpoint(result.model, out_dir, spec)
+
+
+def _write_predictions(path: Path, manifest: pd.DataFrame, y_pred: np.ndarray, metadata: Mapping[str, Any]) -> None:
+    table = pa.table(
+        {
+            "image_id": pa.array(manifest["image_id"].astype(str).tolist(), pa.string()),
+            "split": pa.array(manifest["split"].astype(str).tolist(), pa.string()),
+            "y_true": pa.array(manifest["y_true"].to_numpy(np.float64), pa.float64(),
+                               mask=manifest["y_true"].isna().to_numpy()),
+            "y_pred": pa.array(y_pred, pa.float64()),
+        }
+    )
+    io.write_table(path, table, PREDICTIONS_SCHEMA, metadata=metadata)
+
+
+def _write_history(out_dir: Path, result: TrainResult, task: Task) -> None:
+    """``history.csv`` and ``training_curve.png``, each atomically."""
+    with io.atomic_path(out_dir / "history.csv") as tmp:
+        result.history.to_csv(tmp, index=False)
+    fig = training_curve(result.history, result.best_epoch, task)
+    with io.atomic_path(out_dir / "training_curve.png") as tmp:
+        fig.savefig(tmp, dpi=110, format="png", metadata={"Software": None})
+
+
+def _facts(
+    result: TrainResult, task: Task, tcfg: Mapping[str, Any], manifest: pd.DataFrame, device: torch.device
+) -> dict[str, Any]:
+    """What ``metrics.json`` says about the run besides the metrics."""
+    return {
+        "best_epoch": result.best_epoch,
+        "epochs_run": len(result.history),
+        "epochs_max": result.epochs_max,
+        "stopped_early": result.stopped_early,
+        "selection": task.selection,
+        "bootstrap": int(tcfg["bootstrap"]),
+        **result.encoding,
+        "n_images": {s: int((manifest["split"] == s).sum()) for s in SPLITS},
+        "device": str(device),
+        "amp": str(result.amp) if result.amp else "none",
+    }
+
+
+def _log_test(test: Mapping[str, Any]) -> None:
+    values = ", ".join(f"{k.upper()} {_fmt(v['value'])}" for k, v in test.items() if isinstance(v, Mapping))
+    logger.info("test (n=%s): %s", test.get("n", "?"), values)
+
+
+def _fmt(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.4f}"
+
+
+def main(smk: Any) -> None:
+    with job(smk, gpu=True):
+        params = smk.params
+        run(smk.input.manifest, Path(smk.output.spec).parent, params.model, params.train, params.seed)
