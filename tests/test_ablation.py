@@ -14,18 +14,19 @@ import math
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 import torch
 import torchvision
 from torch import nn
 
-from ais.ablation import (
-    PATHS, ChannelAblation, ClassProbabilityTarget, RegressionTarget, ablate_images, ablation_table,
-    conv_layer_names, naive_ablation, resolve_layer,
-)
+from ais.ablation import PATHS, ChannelAblation, ablate_batches, ablation_table, naive_ablation
+from ais.images import iter_batches
 from ais.io import write_table
+from ais.layers import conv_layers, resolve_layer
 from ais.tables import ABLATION_SCHEMA
+from ais.targets import ClassProbabilityTarget, RegressionTarget
 from conftest import write_image
 
 ATOL = 1e-5
@@ -424,10 +425,10 @@ def test_resolve_layer():
     assert resolve_layer(model, "auto") == "features.28"
     assert resolve_layer(model, "features.26") == "features.26"
     assert resolve_layer(build("resnet18"), "auto") == "layer4.1.conv2"
-    assert conv_layer_names(hand_net(False)) == ["0"]
+    assert conv_layers(hand_net(False)) == ["0"]
     with pytest.raises(ValueError, match=r"not found.*features\.0, features\.2"):
         resolve_layer(model, "features.99")
-    with pytest.raises(ValueError, match=r"ReLU, not an nn\.Conv2d.*features\.28"):
+    with pytest.raises(ValueError, match=r"ReLU, not an explainable layer \(nn\.Conv2d\).*features\.28"):
         resolve_layer(model, "features.29")
     with pytest.raises(ValueError, match="no nn.Conv2d"):
         resolve_layer(nn.Sequential(nn.Linear(2, 1)), "auto")
@@ -474,22 +475,32 @@ def test_ablation_table_shape_errors():
         ablation_table(["a"], [1.0], [1.0, 2.0], [[1.0]])
 
 
-def test_ablate_images(tmp_path: Path):
+def ablate_files(model: nn.Module, layer: str, paths: list[str], ids: list[str], y_true: list, size: int,
+                 batch_size: int = 8, channel_batch: int | str = "auto", device: str = "cpu") -> tuple:
+    """What the ablation stage does with image files: the engine over ``iter_batches``; the table and the engine."""
+    rows = pd.DataFrame({"path": paths, "image_id": ids, "y_true": y_true})
+    batches = iter_batches(rows, size, "imagenet", batch_size, ("image_id", "y_true"))
+    with ChannelAblation(model, layer, channel_batch=channel_batch, device=device) as engine:
+        return ablate_batches(engine, batches, len(rows)), engine
+
+
+def test_ablate_images(tmp_path: Path, caplog: pytest.LogCaptureFixture):
     paths = [str(write_image(tmp_path / f"im{i}.png", size=(30, 24), seed=i)) for i in range(5)]
     ids = [f"im{i}" for i in range(5)]
     y_true = [1.0, 2.0, None, 4.0, float("nan")]
     model = tiny_vgg(bn=False)
-    lines: list[str] = []
-    table = ablate_images(model, "auto", paths, ids, y_true, size=20, batch_size=2, device="cpu", log=lines.append)
+    with caplog.at_level(logging.INFO, logger="ais.ablation"):
+        table, engine = ablate_files(model, "auto", paths, ids, y_true, size=20, batch_size=2, device="cpu")
+    lines = [r.getMessage() for r in caplog.records if r.name.split(".")[:2] == ["ais", "ablation"]]
     assert table.num_rows == 5 * 12
     assert table.schema.remove_metadata().equals(ABLATION_SCHEMA)
     assert table.column("image_id").to_pylist()[:13] == ["im0"] * 12 + ["im1"]
     assert table.column("residual").null_count == 2 * 12
     assert lines[0].startswith("ablating 12 channels of 3 for 5 images on cpu (lowrank path)")
     assert [line.split(",")[0] for line in lines[1:]] == ["images 2/5", "images 4/5", "images 5/5"]
-    assert "img/s, ETA" in lines[1]
-    meta = table.schema.metadata[b"ablation"].decode()
-    assert '"target_layer": "3"' in meta and '"path": "lowrank"' in meta
+    assert "/s, elapsed" in lines[1] and "ETA" in lines[1]
+    info = engine.describe()  # what the stage stores under "ablation" in the shard's metadata
+    assert info["target_layer"] == "3" and info["path"] == "lowrank"
     # same numbers as the engine on the same preprocessed images
     from ais.images import load_batch
 
@@ -500,5 +511,5 @@ def test_ablate_images(tmp_path: Path):
 def test_ablate_images_logs_to_logger(tmp_path: Path, caplog: pytest.LogCaptureFixture):
     paths = [str(write_image(tmp_path / "a.png", seed=1))]
     with caplog.at_level(logging.INFO, logger="ais.ablation"):
-        ablate_images(tiny_vgg(bn=False), "3", paths, ["a"], [None], size=16, device="cpu")
-    assert any("images 1/1" in r.message for r in caplog.records)
+        ablate_files(tiny_vgg(bn=False), "3", paths, ["a"], [None], size=16, device="cpu")
+    assert any("images 1/1" in r.getMessage() for r in caplog.records)

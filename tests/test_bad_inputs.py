@@ -25,8 +25,9 @@ import yaml
 from PIL import Image, ImageOps
 
 from ais import images
-from ais.data import BadRowsError, SheetError, SheetSpec, build_manifest, run_intake
+from ais.data import BadRowsError, SheetError, SheetSpec, build_manifest
 from ais.images import BadImageError, open_image, to_tensor
+from ais.stages import intake_sheet
 from conftest import REPO, run_snakemake, write_image
 
 SPLITS = {"train": 0.5, "val": 0.25, "test": 0.25}
@@ -213,7 +214,7 @@ def test_error_mode_lists_every_bad_row_at_once(corpus):
 def test_skip_mode_keeps_or_lists_every_row(corpus, tmp_path):
     sheet, root, cases = corpus
     out = tmp_path / "out"
-    manifest = run_intake(data_cfg(sheet, root, "skip"), 0, out / "manifest.parquet", out / "rejected.csv")
+    manifest = intake_sheet.run(data_cfg(sheet, root, "skip"), 0, out / "manifest.parquet", out / "rejected.csv")
     rejected = pd.read_csv(out / "rejected.csv", keep_default_na=False)
     assert list(rejected.columns) == REJECTED_COLUMNS
 
@@ -374,7 +375,7 @@ def test_configured_limit_reaches_intake(tmp_path):
     cfg = data_cfg(tmp_path / "s.csv", None, "error", max_image_pixels=300,
                    splits={"train": 1.0, "val": 0.0, "test": 0.0})
     with pytest.raises(BadRowsError, match=r"row 1 \(path\) a.png: image too large \(20x20 = 400 pixels\)"):
-        run_intake(cfg, 0, tmp_path / "m.parquet", tmp_path / "r.csv")
+        intake_sheet.run(cfg, 0, tmp_path / "m.parquet", tmp_path / "r.csv")
 
 
 # ---------------------------------------------------------------------------

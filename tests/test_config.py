@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ais.config import ConfigError, load_config, validate_config
+from ais.config import CONFIG_SCHEMA, ConfigError, load_config, load_schema, validate_config
 from conftest import REPO, run_snakemake
 
 
@@ -46,14 +46,36 @@ def test_heatmap_views_are_checked():
     assert validate_config({})["heatmaps"]["views"][:2] == ["ais", "direction"]
     with pytest.raises(ConfigError, match=r"heatmaps\.views"):
         validate_config({"heatmaps": {"views": ["ais", "gradcam++"]}})
-    from ais.render import VIEWS
+    from ais.views import list_views
 
-    schema = yaml.safe_load((REPO / "schemas" / "config.schema.yaml").read_text())
-    assert schema["properties"]["heatmaps"]["properties"]["views"]["items"]["enum"] == list(VIEWS)
+    schema = load_schema()
+    assert schema["properties"]["heatmaps"]["properties"]["views"]["items"]["enum"] == list_views()
+
+
+def test_schema_enums_match_the_registries():
+    from ais.families import list_archs
+    from ais.methods import list_methods
+    from ais.tasks import list_tasks
+    from ais.views import list_views
+
+    model = load_schema()["properties"]["model"]["properties"]
+    assert model["arch"]["enum"] == list_archs()
+    assert model["task"]["enum"] == list_tasks()
+    assert model["task"]["default"] == "regression" and validate_config({})["model"]["task"] == "regression"
+    with pytest.raises(ConfigError, match=r"model\.task"):
+        validate_config({"model": {"task": "segmentation"}})
+    # every registered map method can be drawn: a view of the same name exists
+    assert set(list_methods()) <= set(list_views()), sorted(set(list_methods()) - set(list_views()))
+
+
+def test_schema_is_package_data():
+    assert CONFIG_SCHEMA.is_file()
+    assert load_schema() == yaml.safe_load(CONFIG_SCHEMA.read_text(encoding="utf-8"))
+    assert load_schema() is not load_schema()  # a fresh copy each time
 
 
 def test_every_schema_property_has_a_description_and_closed_objects():
-    schema = yaml.safe_load((REPO / "schemas" / "config.schema.yaml").read_text())
+    schema = load_schema()
 
     def walk(node, where):
         if node.get("type") == "object" or "properties" in node:

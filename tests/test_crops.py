@@ -10,6 +10,7 @@ from PIL import Image
 from torch import nn
 
 from ais.crops import Box, channel_crops, crop_box, crop_pixels, peak_activations, select_crops, top_channels
+from ais.images import load_batch
 
 SIZE = 32
 
@@ -75,7 +76,8 @@ def test_peak_activations_find_the_square(tmp_path):
         _image(tmp_path / "b.png", red_at=(0, 28), value=200),  # dimmer red in cell (0, 7)
         _image(tmp_path / "c.png", blue_at=(12, 12)),  # blue only, cell (3, 3)
     ]
-    peak, cell, grid = peak_activations(model, "0.0", paths, [0, 1, 2], SIZE, normalization="none", batch_size=2)
+    batches = (load_batch(paths[i:i + 2], SIZE, "none") for i in range(0, len(paths), 2))  # batches of 2
+    peak, cell, grid = peak_activations(model, "0.0", batches, [0, 1, 2], len(paths))
     assert grid == (SIZE, SIZE)  # the conv's own resolution (before pooling)
     np.testing.assert_allclose(peak[:, 0], [0.5, 200 / 255 - 0.5, 0.0], atol=1e-6)
     np.testing.assert_allclose(peak[:, 1], [0.0, 0.0, 0.5], atol=1e-6)

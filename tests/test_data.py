@@ -9,9 +9,10 @@ import pyarrow.parquet as pq
 import pytest
 
 from ais.data import (
-    BadRowsError, SheetError, SheetSpec, build_manifest, derive_image_id, file_stem, run_intake, seeded_split,
+    BadRowsError, SheetError, SheetSpec, build_manifest, derive_image_id, file_stem, read_manifest, seeded_split,
 )
 from ais.io import read_metadata
+from ais.stages import intake_sheet
 from ais.tables import MANIFEST_SCHEMA
 from conftest import write_image
 
@@ -135,20 +136,51 @@ def test_ids_are_safe_file_names():
         assert "/" not in stem and stem not in ("", ".", "..")
 
 
-def test_run_intake_writes_manifest_and_rejected(tmp_path: Path):
+def test_intake_stage_writes_manifest_and_rejected(tmp_path: Path):
     write_image(tmp_path / "a.png")
     sheet = make_sheet(tmp_path, [{"path": "a.png", "score": "2"}, {"path": "gone.png", "score": "2"}])
     data = {"sheet": str(sheet), "root": None, "image_column": "path", "score_column": "score",
             "id_column": None, "split_column": None, "splits": {"train": 1.0, "val": 0.0, "test": 0.0},
             "on_bad_image": "skip"}
-    run_intake(data, 0, tmp_path / "out" / "manifest.parquet", tmp_path / "out" / "rejected.csv",
-               metadata={"config": {"seed": 0}})
+    intake_sheet.run(data, 0, tmp_path / "out" / "manifest.parquet", tmp_path / "out" / "rejected.csv",
+                     config={"seed": 0})
     table = pq.read_table(tmp_path / "out" / "manifest.parquet")
     assert table.schema.remove_metadata().equals(MANIFEST_SCHEMA)
     meta = read_metadata(tmp_path / "out" / "manifest.parquet")
-    assert meta["counts"] == {"train": 1} and meta["rejected"] == 1 and meta["config"] == {"seed": 0}
+    assert meta["counts"] == {"train": 1} and meta["rejected"] == 1 and meta["provenance"]["config"] == {"seed": 0}
+    assert set(meta) >= {"provenance", "counts", "rejected"} and "versions" in meta["provenance"]
     rejected = pd.read_csv(tmp_path / "out" / "rejected.csv")
     assert rejected["path"].tolist() == ["gone.png"] and "not found" in rejected["reason"].item()
+
+
+def test_intake_stage_stamps_data_and_seed_by_default(tmp_path: Path):
+    write_image(tmp_path / "a.png")
+    sheet = make_sheet(tmp_path, [{"path": "a.png", "score": "2"}])
+    data = {"sheet": str(sheet), "splits": {"train": 1.0, "val": 0.0, "test": 0.0}, "on_bad_image": "error"}
+    manifest = intake_sheet.run(data, 5, tmp_path / "m.parquet", tmp_path / "r.csv")
+    meta = read_metadata(tmp_path / "m.parquet")
+    assert meta["provenance"]["config"] == {"data": data, "seed": 5} and meta["rejected"] == 0
+    back = read_manifest(tmp_path / "m.parquet")
+    cols = ["image_id", "path", "y_true", "split"]
+    assert back[cols].to_dict("records") == manifest[cols].to_dict("records")
+
+
+def test_intake_errors_are_user_errors():
+    from ais.errors import UserError
+
+    assert issubclass(SheetError, UserError) and issubclass(BadRowsError, UserError)
+
+
+def test_read_manifest_checks_columns_and_splits(tmp_path: Path):
+    good = {"image_id": ["a"], "path": ["a.png"], "y_true": [1.0], "split": ["train"]}
+    pd.DataFrame(good).to_parquet(tmp_path / "ok.parquet")
+    assert read_manifest(tmp_path / "ok.parquet")["image_id"].tolist() == ["a"]
+    pd.DataFrame({k: v for k, v in good.items() if k != "y_true"}).to_parquet(tmp_path / "cols.parquet")
+    with pytest.raises(ValueError, match=r"cols.parquet: manifest lacks column\(s\) y_true"):
+        read_manifest(tmp_path / "cols.parquet")
+    pd.DataFrame({**good, "split": ["training"]}).to_parquet(tmp_path / "split.parquet")
+    with pytest.raises(ValueError, match=r"split.parquet: unknown split value\(s\) \['training'\]"):
+        read_manifest(tmp_path / "split.parquet")
 
 
 def test_shards_partition_the_split():
@@ -163,3 +195,37 @@ def test_shards_partition_the_split():
     assert len(shard_rows(manifest, "test", 8, 7)) == 1 and len(shard_rows(manifest, "test", 8, 1)) == 0
     with pytest.raises(ValueError):
         shard_rows(manifest, "test", 3, 3)
+
+
+MAIN_SCRIPT = """
+import sys
+from types import SimpleNamespace as NS
+from ais.stages import intake_sheet, make_demo
+out = sys.argv[1]
+data = {"splits": {"train": 0.5, "val": 0.25, "test": 0.25}, "on_bad_image": sys.argv[2], "sheet": out + "/bad.csv"}
+make_demo.main(NS(output=NS(sheet=out + "/demo/sheet.csv"), params=NS(demo={"n_images": 4, "size": 16}),
+                  log=[out + "/demo.log"], threads=1, rule="make_demo"))
+intake_sheet.main(NS(input=NS(sheet=out + "/demo/sheet.csv"), output=NS(manifest=out + "/m.parquet",
+                     rejected=out + "/r.csv"), params=NS(data=data, seed=1, demo=sys.argv[3] == "demo"),
+                     log=[out + "/intake.log"], threads=1, rule="intake_sheet"))
+"""
+
+
+def test_stage_mains_map_the_rules_onto_run(tmp_path: Path):
+    """make_demo then intake_sheet as the rules call them: the demo's sheet and masks; a user error exits 1."""
+    import subprocess
+    import sys
+
+    (tmp_path / "bad.csv").write_text("path,score\nnope.png,1\n")
+    ok = subprocess.run([sys.executable, "-c", MAIN_SCRIPT, str(tmp_path), "error", "demo"],
+                        capture_output=True, text=True)
+    assert ok.returncode == 0, ok.stderr
+    manifest = read_manifest(tmp_path / "m.parquet")
+    assert len(manifest) == 4 and manifest["mask"].str.endswith(".png").all()
+    assert read_metadata(tmp_path / "m.parquet")["provenance"]["config"]["seed"] == 1
+    bad = subprocess.run([sys.executable, "-c", MAIN_SCRIPT, str(tmp_path), "error", "sheet"],
+                         capture_output=True, text=True)
+    assert bad.returncode == 1
+    log = (tmp_path / "intake.log").read_text()
+    assert "bad.csv: 1 bad row(s)" in log and "row 1 (path) nope.png: file not found" in log
+    assert "Traceback" not in log

@@ -14,10 +14,10 @@ from ais.fusion import (
     QUADRANTS,
     channel_table,
     fuse,
-    fuse_shards,
     image_weights,
 )
-from ais.io import read_metadata, write_table
+from ais.io import nan_to_none, read_metadata, write_table
+from ais.stages import fuse_scores, stamp
 from ais.tables import ABLATION_SCHEMA
 
 # Two labelled images (a, b) and one unlabelled (u), two channels each.
@@ -144,8 +144,8 @@ def test_fuse_shards_schemas_summary_and_metadata(tmp_path):
     table = small_table()
     shards = write_shards(table, tmp_path, n=2)
     scores_path, channels_path = tmp_path / "out" / "scores.parquet", tmp_path / "out" / "channels.parquet"
-    summary = fuse_shards(shards, scores_path, channels_path, "global", "zscore", n_boot=100, seed=3,
-                          metadata={"config_sha": "abc"})
+    summary = fuse_scores.run(shards, scores_path, channels_path, scope="global", magnitude="zscore", n_boot=100,
+                              seed=3, config={"config_sha": "abc"})
     assert pq.read_schema(scores_path).equals(FUSED_SCHEMA, check_metadata=False)
     assert pq.read_schema(channels_path).equals(CHANNELS_SCHEMA, check_metadata=False)
     scores = pd.read_parquet(scores_path)
@@ -158,7 +158,8 @@ def test_fuse_shards_schemas_summary_and_metadata(tmp_path):
     assert set(summary["quadrants"]) == set(QUADRANTS) and sum(summary["quadrants"].values()) == 6
     assert summary["n_images"] == 3 and summary["n_labelled_images"] == 2
     meta = read_metadata(channels_path)
-    assert meta["config_sha"] == "abc"
+    assert meta["provenance"]["config"] == {"config_sha": "abc"}
+    assert read_metadata(scores_path)["provenance"] == meta["provenance"]
     assert meta["ais_summary"]["n_flipped"] == 1
     assert meta["ais_fusion"] == {"scope": "global", "magnitude": "zscore", "zscore_ddof": 0, "n_boot": 100, "seed": 3}
     assert read_metadata(scores_path)["ais_fusion"]["scope"] == "global"
@@ -169,8 +170,8 @@ def test_fuse_shards_summary_json_is_strict_json(tmp_path):
 
     shards = write_shards(small_table(), tmp_path, n=2)
     out = tmp_path / "out"
-    summary = fuse_shards(shards, out / "scores.parquet", out / "channels.parquet", n_boot=100, seed=3,
-                          n_splits=4, metadata={"git_revision": "abc"}, out_summary=out / "summary.json")
+    summary = fuse_scores.run(shards, out / "scores.parquet", out / "channels.parquet", n_boot=100, seed=3,
+                              n_splits=4, config={"git_revision": "abc"}, out_summary=out / "summary.json")
 
     def no_nan(text):
         raise AssertionError(f"{text} in summary.json")
@@ -181,7 +182,8 @@ def test_fuse_shards_summary_json_is_strict_json(tmp_path):
     assert loaded["reliability"]["ais"]["n_splits"] == 4
     # two labelled images: one per half, fewer than 3 channels with values: no correlation -> null, not NaN
     assert loaded["reliability"]["ais"]["spearman"] is None
-    assert loaded["provenance"] == {"git_revision": "abc"}
+    assert loaded["provenance"] == json.loads(json.dumps(nan_to_none(stamp({"git_revision": "abc"})["provenance"])))
+    assert loaded["provenance"]["config"] == {"git_revision": "abc"}
 
 
 def test_duplicate_rows_across_shards_rejected(tmp_path):
@@ -192,13 +194,13 @@ def test_duplicate_rows_across_shards_rejected(tmp_path):
         write_table(path, pa.Table.from_pandas(table, preserve_index=False), ABLATION_SCHEMA)
         paths.append(path)
     with pytest.raises(ValueError, match="duplicate"):
-        fuse_shards(paths, tmp_path / "s.parquet", tmp_path / "c.parquet")
+        fuse_scores.run(paths, tmp_path / "s.parquet", tmp_path / "c.parquet")
 
 
 def test_reliability_deterministic_for_a_seed(tmp_path):
     shards = write_shards(random_table(), tmp_path)
     runs = [
-        fuse_shards(shards, tmp_path / f"s{i}.parquet", tmp_path / f"c{i}.parquet", n_boot=200, seed=seed)
+        fuse_scores.run(shards, tmp_path / f"s{i}.parquet", tmp_path / f"c{i}.parquet", n_boot=200, seed=seed)
         for i, seed in enumerate([7, 7, 8])
     ]
     assert runs[0] == runs[1]

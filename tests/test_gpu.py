@@ -69,11 +69,12 @@ def test_scheduler_choice_is_kept(tmp_path: Path):
 
 
 JOB = """
-import os, sys, torch
-from ais.gpu import start_gpu_job
-start_gpu_job(sys.argv[1], threads=1)
-print(os.environ["CUDA_VISIBLE_DEVICES"], torch.get_num_threads(), flush=True)
-sys.stdin.readline()  # hold the slot until the test is done
+import os, sys, types, torch
+from ais.stages import job
+smk = types.SimpleNamespace(log=[sys.argv[1]], threads=1, rule="gpu_test")  # what a rule's script gets
+with job(smk, gpu=True):
+    print(os.environ["CUDA_VISIBLE_DEVICES"], torch.get_num_threads(), flush=True)
+    sys.stdin.readline()  # hold the slot until the test is done
 """
 
 

@@ -12,10 +12,12 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from ais import agreement, heatmap_stage as hs
+from ais import agreement, map_figures
 from ais.data import file_stem
-from ais.heatmaps import save_maps
-from ais.io import atomic_dir, nan_to_none
+from ais.images import model_view
+from ais.io import atomic_dir, nan_to_none, write_maps
+from ais.stages import _heatmap_files as hf
+from ais.stages import plot_gallery, render_heatmaps, stamp, summarize_heatmaps
 from ais.tables import HEATMAP_SCHEMA, LOCALIZATION_AUCS
 
 
@@ -29,10 +31,10 @@ EVIL_IDS = ["../../etc/passwd", "/abs/path", "..", ".", "a/../b", "", ".hidden",
 def test_file_names_from_any_id_stay_in_their_folder(tmp_path: Path):
     folder = tmp_path / "results" / "heatmaps" / "shard-0" / "maps"
     folder.mkdir(parents=True)
-    stems = hs.image_stems(EVIL_IDS)
+    stems = hf.image_stems(EVIL_IDS)
     assert len(set(stems)) == len(EVIL_IDS)
     for stem in stems:
-        path = hs.output_file(folder, stem, ".npz")
+        path = hf.output_file(folder, stem, ".npz")
         assert path.resolve().parent == folder.resolve()
         assert path.name == stem + ".npz" and not path.name.startswith(".")
 
@@ -40,13 +42,13 @@ def test_file_names_from_any_id_stay_in_their_folder(tmp_path: Path):
 @pytest.mark.parametrize("stem", ["../x", "a/b", "..", ".", "", ".hidden", "a\\b", "x\x00"])
 def test_output_file_refuses_names_that_leave_the_folder(tmp_path: Path, stem: str):
     with pytest.raises(ValueError, match="refusing output file name"):
-        hs.output_file(tmp_path, stem, "")
+        hf.output_file(tmp_path, stem, "")
 
 
 def test_image_stems_must_be_unique():
-    assert hs.image_stems(["a", "b"]) == ["a", "b"]
+    assert hf.image_stems(["a", "b"]) == ["a", "b"]
     with pytest.raises(ValueError, match="same file name"):
-        hs.image_stems(["a", "a"])
+        hf.image_stems(["a", "a"])
 
 
 # --------------------------------------------------------------------------- per-image figures
@@ -65,7 +67,7 @@ def hand_maps() -> dict[str, np.ndarray]:
 def test_image_figures_localisation_by_hand():
     raise_mask = np.array([[True, True, False], [False, False, False]])
     lower_mask = np.array([[False, False, False], [False, True, False]])
-    f = hs.image_figures(hand_maps(), {"raise": raise_mask, "lower": lower_mask})
+    f = map_figures.image_figures(hand_maps(), {"raise": raise_mask, "lower": lower_mask})
     assert f["has_mask"] and f["raise_fraction"] == pytest.approx(2 / 6) and f["lower_fraction"] == pytest.approx(1 / 6)
     # direction [.9 .8 0 / -.5 -1 .1], most positive first: both raise pixels above every other pixel
     assert f["ais_pos_auc"] == 1.0 and f["ais_pos_clipped_auc"] == 1.0
@@ -81,21 +83,21 @@ def test_image_figures_localisation_by_hand():
 
 def test_image_figures_lower_pixel_ranked_by_part():
     lower_mask = np.array([[False, False, False], [True, False, False]])  # the -0.5 pixel
-    f = hs.image_figures(hand_maps(), {"raise": np.zeros((2, 3), bool), "lower": lower_mask})
+    f = map_figures.image_figures(hand_maps(), {"raise": np.zeros((2, 3), bool), "lower": lower_mask})
     assert f["ais_neg_auc"] == pytest.approx(0.8)  # 0.5 beats -.9 -.8 0 -.1, loses to 1.0
     # clipped [0 0 0 / .5 1 0]: 0.5 beats the four zeros, loses to 1.0 -- here the same
     assert f["ais_neg_clipped_auc"] == pytest.approx(0.8)
     assert math.isnan(f["ais_pos_auc"]) and math.isnan(f["gradcam_auc"])  # empty raise mask
     # Where the clipped part differs: a lower pixel at 0 ties with the other zeros when clipped.
     lower_zero = np.array([[False, False, True], [False, False, False]])  # direction 0
-    g = hs.image_figures(hand_maps(), {"raise": np.zeros((2, 3), bool), "lower": lower_zero})
+    g = map_figures.image_figures(hand_maps(), {"raise": np.zeros((2, 3), bool), "lower": lower_zero})
     assert g["ais_neg_auc"] == pytest.approx(3 / 5)  # -0 beats -.9 -.8 -.1, loses to .5 and 1
     assert g["ais_neg_clipped_auc"] == pytest.approx(1.5 / 5)  # ties with three zeros (1/2 each), loses to .5, 1
 
 
 def test_image_figures_agreement_and_no_masks():
     maps = hand_maps()
-    f = hs.image_figures(maps, None)
+    f = map_figures.image_figures(maps, None)
     expected = agreement.compare(maps["ais"], maps["gradcam"])
     assert f["cc_gradcam"] == pytest.approx(expected["cc"])
     assert f["sim_gradcam"] == pytest.approx(expected["sim"])
@@ -113,13 +115,13 @@ def test_region_masks_resized_nearest(tmp_path: Path):
     bits[:2, :2] = 1 << ARTEFACTS["grain"].bit  # raises realism
     bits[3, 3] = 1 << ARTEFACTS["checkerboard"].bit  # lowers realism
     Image.fromarray(bits, "L").save(tmp_path / "m.png")
-    masks = hs.load_region_masks(tmp_path / "m.png", (8, 8))
+    masks = hf.load_region_masks(tmp_path / "m.png", (8, 8))
     expected = np.zeros((8, 8), bool)
     expected[:4, :4] = True
     np.testing.assert_array_equal(masks["raise"], expected)
     assert masks["lower"].sum() == 4 and masks["lower"][6:, 6:].all()
     with pytest.raises(ValueError, match="image x: cannot read its mask"):
-        hs.load_region_masks(tmp_path / "missing.png", (8, 8), "x")
+        hf.load_region_masks(tmp_path / "missing.png", (8, 8), "x")
 
 
 # --------------------------------------------------------------------------- gallery choice
@@ -134,18 +136,19 @@ def ranked_table(n: int, labelled: bool = True) -> pd.DataFrame:
 
 
 def test_gallery_selection_best_median_worst():
-    assert hs.gallery_selection(ranked_table(10), 2) == [
+    assert map_figures.gallery_selection(ranked_table(10), 2) == [
         ("best", "i0"), ("best", "i1"), ("median", "i4"), ("median", "i5"), ("worst", "i9"), ("worst", "i8"),
     ]
-    assert hs.gallery_selection(ranked_table(5), 2) == [
+    assert map_figures.gallery_selection(ranked_table(5), 2) == [
         ("best", "i0"), ("best", "i1"), ("median", "i2"), ("worst", "i4"), ("worst", "i3"),
     ]
-    assert hs.gallery_selection(ranked_table(3), 3) == [("best", "i0"), ("best", "i1"), ("best", "i2")]
-    assert hs.gallery_selection(ranked_table(10), 0) == [] and hs.gallery_selection(ranked_table(0), 3) == []
+    assert map_figures.gallery_selection(ranked_table(3), 3) == [("best", "i0"), ("best", "i1"), ("best", "i2")]
+    assert map_figures.gallery_selection(ranked_table(10), 0) == []
+    assert map_figures.gallery_selection(ranked_table(0), 3) == []
 
 
 def test_gallery_selection_unlabelled_by_prediction():
-    assert hs.gallery_selection(ranked_table(7, labelled=False), 1) == [
+    assert map_figures.gallery_selection(ranked_table(7, labelled=False), 1) == [
         ("highest", "i6"), ("median", "i3"), ("lowest", "i0"),
     ]
 
@@ -164,11 +167,12 @@ def figures_row(image_id: str, shard: int, mask: bool, auc: float = 0.9) -> dict
 
 
 def test_summarize_with_masks(tmp_path: Path):
-    hs.write_figures(tmp_path / "s1.parquet", pd.DataFrame([figures_row("b", 1, True, 0.8)]))
-    hs.write_figures(tmp_path / "s0.parquet", pd.DataFrame([figures_row("a", 0, True, 1.0),
+    hf.write_figures(tmp_path / "s1.parquet", pd.DataFrame([figures_row("b", 1, True, 0.8)]))
+    hf.write_figures(tmp_path / "s0.parquet", pd.DataFrame([figures_row("a", 0, True, 1.0),
                                                             figures_row("c", 0, True, np.nan)]))
-    report = hs.summarize([tmp_path / "s0.parquet", tmp_path / "s1.parquet"], tmp_path / "agreement.parquet",
-                          tmp_path / "localization.json", metadata={"git_revision": "x"})
+    config = {"heatmaps": {"batch_size": 2}}
+    report = summarize_heatmaps.run([tmp_path / "s0.parquet", tmp_path / "s1.parquet"], tmp_path / "agreement.parquet",
+                                    tmp_path / "localization.json", config=config)
     table = pq.read_table(tmp_path / "agreement.parquet")
     assert table.schema.remove_metadata().equals(HEATMAP_SCHEMA)
     assert table.column("image_id").to_pylist() == ["a", "b", "c"]
@@ -179,12 +183,14 @@ def test_summarize_with_masks(tmp_path: Path):
     assert loaded["reason"] is None and loaded["n_images_with_masks"] == 3
     assert loaded["maps"]["ais_pos_auc"] == {"map": "direction", "part": "pos", "mask": "raise"}
     assert loaded["agreement"]["gradcam"]["cc"]["mean"] == pytest.approx(0.5)
-    assert loaded["provenance"] == {"git_revision": "x"} and report["ais_pos_auc"] == pytest.approx(0.9)
+    expected = json.loads(json.dumps(nan_to_none(stamp(config)["provenance"])))
+    assert loaded["provenance"] == expected and loaded["provenance"]["config"] == config
+    assert report["ais_pos_auc"] == pytest.approx(0.9)
 
 
 def test_summarize_without_masks_gives_null_and_reason(tmp_path: Path):
-    hs.write_figures(tmp_path / "s0.parquet", pd.DataFrame([figures_row("a", 0, False)]))
-    hs.summarize([tmp_path / "s0.parquet"], tmp_path / "a.parquet", tmp_path / "l.json")
+    hf.write_figures(tmp_path / "s0.parquet", pd.DataFrame([figures_row("a", 0, False)]))
+    summarize_heatmaps.run([tmp_path / "s0.parquet"], tmp_path / "a.parquet", tmp_path / "l.json")
     loaded = json.loads((tmp_path / "l.json").read_text(), parse_constant=_no_nan)
     assert loaded["ais_pos_auc"] is None and loaded["ais_neg_auc"] is None and loaded["gradcam_auc"] is None
     assert "no ground-truth region masks" in loaded["reason"]
@@ -192,10 +198,11 @@ def test_summarize_without_masks_gives_null_and_reason(tmp_path: Path):
 
 
 def test_summarize_rejects_an_image_in_two_shards(tmp_path: Path):
-    hs.write_figures(tmp_path / "s0.parquet", pd.DataFrame([figures_row("a", 0, False)]))
-    hs.write_figures(tmp_path / "s1.parquet", pd.DataFrame([figures_row("a", 1, False)]))
+    hf.write_figures(tmp_path / "s0.parquet", pd.DataFrame([figures_row("a", 0, False)]))
+    hf.write_figures(tmp_path / "s1.parquet", pd.DataFrame([figures_row("a", 1, False)]))
     with pytest.raises(ValueError, match="more than one shard"):
-        hs.summarize([tmp_path / "s0.parquet", tmp_path / "s1.parquet"], tmp_path / "a.parquet", tmp_path / "l.json")
+        summarize_heatmaps.run([tmp_path / "s0.parquet", tmp_path / "s1.parquet"], tmp_path / "a.parquet",
+                               tmp_path / "l.json")
 
 
 def _no_nan(text: str):
@@ -209,11 +216,11 @@ def write_shard(tmp_path: Path, ids: list[str]) -> tuple[Path, Path]:
     rng = np.random.default_rng(0)
     maps_dir = tmp_path / "maps"
     maps_dir.mkdir()
-    stems = hs.image_stems(ids)
+    stems = hf.image_stems(ids)
     rows = []
     for k, (image_id, stem) in enumerate(zip(ids, stems)):
         ais = rng.uniform(-1, 1, (8, 8))
-        save_maps(hs.output_file(maps_dir, stem, ".npz"), {
+        write_maps(hf.output_file(maps_dir, stem, ".npz"), {
             "ais": ais, "helpful": np.maximum(ais, 0), "harmful": np.minimum(ais, 0),
             "direction": rng.uniform(-1, 1, (8, 8)), "gradcam": rng.uniform(0, 1, (8, 8)),
             "gradcampp": rng.uniform(0, 1, (8, 8)),
@@ -223,7 +230,7 @@ def write_shard(tmp_path: Path, ids: list[str]) -> tuple[Path, Path]:
         row.update(file_stem=stem, abs_error=float(k))
         rows.append(row)
     figures = tmp_path / "figures.parquet"
-    hs.write_figures(figures, pd.DataFrame(rows))
+    hf.write_figures(figures, pd.DataFrame(rows))
     return figures, maps_dir
 
 
@@ -231,7 +238,7 @@ def test_render_shard_one_panel_per_image(tmp_path: Path):
     ids = ["a", "../escape", "b c"]
     figures, maps_dir = write_shard(tmp_path, ids)
     panels = tmp_path / "panels"
-    assert hs.render_shard(figures, maps_dir, panels, views=["ais", "raises"]) == 3
+    assert render_heatmaps.run(figures, maps_dir, panels, views=["ais", "raises"]) == 3
     names = sorted(p.name for p in panels.iterdir())
     assert names == sorted(f"{file_stem(i)}.png" for i in ids)
     with Image.open(panels / "a.png") as im:
@@ -243,21 +250,26 @@ def test_render_shard_checks_the_map_file_belongs_to_the_image(tmp_path: Path):
     figures, maps_dir = write_shard(tmp_path, ["a", "b"])
     table = pd.read_parquet(figures)
     table["image_id"] = ["b", "a"]  # ids swapped against the files a.npz, b.npz
-    hs.write_figures(figures, table)
+    hf.write_figures(figures, table)
     with pytest.raises(ValueError, match="holds image a, expected b"):
-        hs.render_shard(figures, maps_dir, tmp_path / "panels")
+        render_heatmaps.run(figures, maps_dir, tmp_path / "panels")
     assert not (tmp_path / "panels").exists()
 
 
 def test_plot_gallery(tmp_path: Path):
     figures, maps_dir = write_shard(tmp_path, ["a", "b", "c", "d"])
-    chosen = hs.plot_gallery(figures, {0: maps_dir}, tmp_path / "gallery.png", n_per_group=1)
+    chosen = plot_gallery.run(figures, {0: maps_dir}, tmp_path / "gallery.png", tmp_path / "gallery.json",
+                              n_per_group=1)
     assert chosen == [("best", "a"), ("median", "b"), ("worst", "d")]
+    selection = json.loads((tmp_path / "gallery.json").read_text())
+    assert selection["n_per_group"] == 1 and "provenance" in selection
+    assert selection["groups"] == {"best": ["a"], "median": ["b"], "worst": ["d"]}
     with Image.open(tmp_path / "gallery.png") as im:
         assert im.width > 500 and im.height > 300
     empty = tmp_path / "empty.parquet"
-    hs.write_figures(empty, pd.DataFrame(columns=HEATMAP_SCHEMA.names))
-    assert hs.plot_gallery(empty, {}, tmp_path / "none.png") == []
+    hf.write_figures(empty, pd.DataFrame(columns=HEATMAP_SCHEMA.names))
+    assert plot_gallery.run(empty, {}, tmp_path / "none.png", tmp_path / "none.json") == []
+    assert json.loads((tmp_path / "none.json").read_text())["groups"] == {"best": [], "median": [], "worst": []}
     assert (tmp_path / "none.png").stat().st_size > 0
 
 
@@ -286,7 +298,7 @@ def test_model_view_is_what_the_model_sees(tmp_path: Path):
     from conftest import write_image
 
     path = write_image(tmp_path / "a.png", size=(40, 24))
-    view, x = hs.model_view(str(path), 16)
+    view, x = model_view(str(path), 16)
     assert view.shape == (16, 16, 3) and view.dtype == np.uint8
     assert np.array_equal(x.numpy(), load_tensor(path, 16).numpy())
     np.testing.assert_allclose(view / 255.0, load_tensor(path, 16, "none").numpy().transpose(1, 2, 0), atol=1e-6)

@@ -7,16 +7,13 @@ import pytest
 import torch
 from torch import nn
 
-from ais.heatmaps import (
-    AISMap,
-    GradCAM,
-    GradCAMPlusPlus,
-    NegatedTarget,
-    activation_module,
-    compute_maps,
-    load_maps,
-    save_maps,
-)
+from ais.families import Family
+from ais.io import read_maps, write_maps
+from ais.methods import compute_maps
+from ais.methods.ais_map import AISMap
+from ais.methods.gradcam import GradCAM
+from ais.methods.gradcampp import GradCAMPlusPlus
+from ais.targets import NegatedTarget
 
 # ---------------------------------------------------------------------------- a tiny hand-made net
 #
@@ -157,7 +154,7 @@ def test_gradcam_matches_captum_on_vgg11(vgg11, images):
 
 def test_inplace_relu_activation_is_relu_of_conv(vgg11, images):
     layer = vgg11.features[18]
-    assert activation_module(vgg11, layer) is layer
+    assert Family().activation_module(vgg11, layer) is layer
     cap = GradCAM(vgg11, "features.18").capture(images)
     with torch.no_grad():
         conv_out = layer(vgg11.features[:18](images))
@@ -169,7 +166,7 @@ def test_inplace_relu_activation_is_relu_of_conv(vgg11, images):
 def test_batchnorm_activation_is_relu_of_bn():
     model = tiny_net(bn=True)
     conv, norm = model[0], model[1]
-    assert activation_module(model, conv) is norm
+    assert Family().activation_module(model, conv) is norm
     cap = AISMap(model, conv).capture(X2)
     with torch.no_grad():
         torch.testing.assert_close(cap.activation, torch.relu(norm(conv(X2))))
@@ -179,7 +176,7 @@ def test_batchnorm_activation_is_relu_of_bn():
 def test_vgg_bn_activation_module_is_batchnorm():
     torchvision = pytest.importorskip("torchvision")
     model = torchvision.models.vgg11_bn(weights=None)
-    assert activation_module(model, model.features[25]) is model.features[26]
+    assert Family().activation_module(model, model.features[25]) is model.features[26]
 
 
 def test_ais_map_range_and_zero_weights(vgg11, images):
@@ -202,7 +199,7 @@ def test_model_unchanged_and_hooks_released_also_after_an_exception():
 
     GradCAM(model, conv)(X4)
     AISMap(model, conv)(X4, torch.ones(2))
-    compute_maps(model, conv, X4, torch.ones(2), torch.ones(1, 2))
+    compute_maps(model, conv, X4, {"ais_weights": torch.ones(2), "direction_weights": torch.ones(1, 2)})
 
     def broken_target(output: torch.Tensor) -> torch.Tensor:
         raise RuntimeError("target failed")
@@ -222,8 +219,8 @@ def test_model_unchanged_and_hooks_released_also_after_an_exception():
 
 def test_compute_maps_and_save_load(tmp_path, vgg11, images):
     rng = np.random.default_rng(0)
-    maps = compute_maps(vgg11, "features.18", images, rng.normal(size=(2, 512)), rng.normal(size=(2, 512)),
-                        with_scales=True)
+    inputs = {"ais_weights": rng.normal(size=(2, 512)), "direction_weights": rng.normal(size=(2, 512))}
+    maps = compute_maps(vgg11, "features.18", images, inputs, with_scales=True)
     for key in ("ais", "helpful", "harmful", "direction", "gradcam", "gradcampp"):
         assert maps[key].shape == (2, 64, 64) and maps[key].dtype == np.float32
         assert maps[f"{key}_scale"].shape == (2,)
@@ -236,8 +233,8 @@ def test_compute_maps_and_save_load(tmp_path, vgg11, images):
     np.testing.assert_allclose(maps["gradcam"], GradCAM(vgg11, "features.18")(images).numpy(), atol=1e-6)
 
     path = tmp_path / "maps" / "shard-0.npz"
-    save_maps(path, {**maps, "image_id": np.array(["a", "b"])})
-    loaded = load_maps(path)
+    write_maps(path, {**maps, "image_id": np.array(["a", "b"])})
+    loaded = read_maps(path)
     assert list(loaded["image_id"]) == ["a", "b"]
     np.testing.assert_allclose(loaded["ais"], maps["ais"], atol=1e-3)  # float16
     assert [p.name for p in path.parent.iterdir()] == ["shard-0.npz"]  # no temporary left

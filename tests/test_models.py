@@ -12,15 +12,20 @@ import torchvision
 from safetensors.torch import save_file
 from torch import nn
 
+from ais.families import family_for
 from ais.models import (
     build_model,
     load_pretrained,
     load_trained,
     read_state_dict,
-    resolve_target_layer,
     save_checkpoint,
     set_seed,
 )
+
+
+def resolve_target_layer(model: nn.Module, name: str) -> str:
+    """``model.target_layer`` resolved as every stage resolves it: by the VGG family."""
+    return family_for("vgg11").resolve_layer(model, name)
 
 
 @pytest.fixture(autouse=True)
@@ -197,6 +202,7 @@ def test_checkpoint_round_trip(tmp_path) -> None:
     save_checkpoint(model, tmp_path, spec)
     stored = json.loads((tmp_path / "model.json").read_text())
     assert stored["target_layer"] == "features.25" and stored["target_channels"] == 512
+    assert stored["family"] == "vgg" and stored["task"] == "regression"
     assert stored["data_hash"] == "abc" and "torch" in stored["provenance"]["versions"]
     assert "git_revision" in stored["provenance"]
     assert not list(tmp_path.glob(".*tmp*"))  # atomic writes leave no temporary files

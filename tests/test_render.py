@@ -9,6 +9,8 @@ import pytest
 from PIL import Image
 
 from ais import render
+from ais.render.panel import _title_band
+from ais.views import get_view, list_views
 
 
 def test_signed_lut_white_red_blue():
@@ -142,11 +144,13 @@ def test_views_and_panel_keys_choose_the_views():
 
 
 def test_narrow_tiles_get_short_titles():
-    narrow = render._title_band(24, ("raises", "gradcampp"))
-    wide = render._title_band(200, ("raises", "gradcampp"))
+    narrow = _title_band(24, ("raises", "gradcampp"))
+    wide = _title_band(200, ("raises", "gradcampp"))
     assert narrow.shape == (render.TITLE_HEIGHT, 2 * 24 + render.GAP, 3)
     assert (narrow < 128).any() and (wide < 128).any()
-    assert set(render.SHORT_TITLES) == set(render.TITLES)
+    for key in ["image", *list_views()]:  # every tile has both a title and a short title
+        assert render.title(key) and render.title(key, short=True), key
+    assert all(get_view(k).title and get_view(k).short_title for k in list_views())
 
 
 def test_encode_png_round_trip():

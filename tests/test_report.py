@@ -12,8 +12,9 @@ import pandas as pd
 import pytest
 
 from ais.fusion import QUADRANTS
-from ais.heatmap_stage import gallery_selection
-from ais.report import _gallery_choice, quadrant_counts, read_benchmarks, stage_times
+from ais.map_figures import GALLERY_GROUPS, gallery_selection
+from ais.reporting.summary import quadrant_counts, stage_times
+from ais.stages.build_report import read_benchmarks, read_gallery
 from conftest import run_snakemake
 
 # --------------------------------------------------------------------------- units
@@ -47,33 +48,48 @@ def test_stage_times_from_benchmark_files(tmp_path):
 def test_quadrant_counts_and_unknown_labels(tmp_path):
     path = tmp_path / "scores.parquet"
     pd.DataFrame({"quadrant": ["helpful-raises"] * 3 + ["harmful-lowers"]}).to_parquet(path)
-    counts = quadrant_counts(str(path))
+    counts = quadrant_counts(pd.read_parquet(path)["quadrant"])
     assert set(counts) == set(QUADRANTS) and sum(counts.values()) == 4
     assert counts["helpful-raises"] == 3 and counts["harmful-lowers"] == 1
     pd.DataFrame({"quadrant": ["sideways"]}).to_parquet(path)
     with pytest.raises(ValueError, match="sideways"):
-        quadrant_counts(str(path))
+        quadrant_counts(pd.read_parquet(path)["quadrant"])
 
 
-def test_gallery_choice_best_median_worst():
+def _gallery_choice(tmp_path: Path, agreement: pd.DataFrame, per_group: int) -> dict[str, list[str]]:
+    """The report's gallery groups, read from a gallery.json of :func:`gallery_selection`'s images.
+
+    The JSON is the gallery stage's (``{"n_per_group", "groups", "provenance"}``,
+    keys sorted as :func:`ais.io.write_json` writes them; empty groups empty lists).
+    """
+    chosen = gallery_selection(agreement, per_group)
+    names = dict.fromkeys(group for group, _ in chosen) or dict.fromkeys(GALLERY_GROUPS)
+    groups = {name: [i for g, i in chosen if g == name] for name in names}
+    path = tmp_path / "gallery.json"
+    path.write_text(json.dumps({"n_per_group": per_group, "groups": groups, "provenance": {}}, sort_keys=True))
+    return read_gallery(str(path))
+
+
+def test_gallery_choice_best_median_worst(tmp_path):
     agreement = pd.DataFrame({
         "image_id": list("abcdefg"),
         "abs_error": [0.5, 0.1, np.nan, 0.9, 0.3, 0.7, 0.2],
     })
-    choice = _gallery_choice(agreement, 2)
+    choice = _gallery_choice(tmp_path, agreement, 2)
     # labelled, by error: b .1, g .2, e .3, a .5, f .7, d .9
     assert choice == {"best": ["b", "g"], "median": ["e", "a"], "worst": ["d", "f"]}
-    assert _gallery_choice(agreement.iloc[:0], 2) == {"best": [], "median": [], "worst": []}
+    assert _gallery_choice(tmp_path, agreement.iloc[:0], 2) == {"best": [], "median": [], "worst": []}
 
 
-def test_gallery_choice_is_the_gallery_figures():
+def test_gallery_choice_is_the_gallery_figures(tmp_path):
     """The panels under the gallery are the images the gallery figure shows, median included."""
     agreement = pd.DataFrame({"image_id": [f"i{k}" for k in range(10)], "abs_error": np.arange(10) / 10})
-    choice = _gallery_choice(agreement, 3)
+    choice = _gallery_choice(tmp_path, agreement, 3)
     assert choice == {"best": ["i0", "i1", "i2"], "median": ["i3", "i4", "i5"], "worst": ["i9", "i8", "i7"]}
     assert [i for ids in choice.values() for i in ids] == [i for _, i in gallery_selection(agreement, 3)]
     unlabelled = agreement.assign(abs_error=np.nan, y_pred=np.arange(10.0))
-    assert _gallery_choice(unlabelled, 1) == {"highest": ["i9"], "median": ["i5"], "lowest": ["i0"]}
+    assert _gallery_choice(tmp_path, unlabelled, 1) == {"highest": ["i9"], "median": ["i5"], "lowest": ["i0"]}
+    assert list(_gallery_choice(tmp_path, unlabelled, 1)) == ["highest", "median", "lowest"]  # the figure's order
 
 
 # --------------------------------------------------------------------------- the tiny run

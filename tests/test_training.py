@@ -1,4 +1,4 @@
-"""Fine-tuning: outputs, a SIGKILLed run that resumes to the same weights, schedule, checkpoint round trip."""
+"""The finetune_model stage: outputs, a SIGKILLed run that resumes to the same weights, schedule, checkpoints."""
 
 from __future__ import annotations
 
@@ -22,15 +22,15 @@ from safetensors.torch import load_file
 
 from ais import io
 from ais.models import load_trained
+from ais.stages.finetune_model import run as train_model
 from ais.tables import MANIFEST_SCHEMA, PREDICTIONS_SCHEMA
+from ais.tasks import get_task
 from ais.training import (
     _rng_state,
     _set_rng_state,
-    fold_affine,
     lr_factor,
     manifest_data_hash,
     predict,
-    train_model,
 )
 
 MODEL_CFG = {"arch": "vgg11_bn", "head": "gap", "weights": "none", "target_layer": "auto",
@@ -40,14 +40,14 @@ TRAIN_CFG = {"epochs": 3, "batch_size": 4, "optimizer": "adamw", "lr": 1e-3, "we
 SEED = 11
 OUTPUTS = ("model.safetensors", "model.json", "history.csv", "predictions.parquet", "metrics.json", "training_curve.png")
 
-# Runs train_model in a fresh process; optionally SIGKILLs itself after the n-th optimiser step.
+# Runs the finetune_model stage in a fresh process; optionally SIGKILLs itself after the n-th optimiser step.
 RUNNER = textwrap.dedent(
     """
     import json, logging, os, signal, sys
     import torch
     torch.set_num_threads(1)
     from torch.optim.optimizer import register_optimizer_step_post_hook
-    from ais.training import train_model
+    from ais.stages.finetune_model import run as train_model
 
     args = json.loads(sys.argv[1])
     logging.basicConfig(level=logging.INFO, filename=args["log"], format="%(name)s: %(message)s")
@@ -90,19 +90,20 @@ def run_training(manifest: Path, out: Path, log: Path, kill_at_step: int = 0) ->
 
 
 def train_here(manifest: Path, out: Path, log: Path, **kwargs) -> dict:
-    """train_model in this process, its log lines in ``log``."""
-    logger = logging.getLogger(f"test.{out.name}")
+    """The stage in this process, the ``ais`` log lines in ``log``, each prefixed ``test.<out's name>:``."""
+    logger = logging.getLogger("ais")
     handler = logging.FileHandler(log)
-    handler.setFormatter(logging.Formatter("%(name)s: %(message)s"))
+    handler.setFormatter(logging.Formatter(f"test.{out.name}: %(message)s"))
     logger.addHandler(handler)
+    level = logger.level
     logger.setLevel(logging.INFO)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as in the subprocess; steady on a shared machine
     try:
-        return train_model(manifest, out, MODEL_CFG, kwargs.pop("train", TRAIN_CFG), SEED, device="cpu", log=logger,
-                           **kwargs)
+        return train_model(manifest, out, MODEL_CFG, kwargs.pop("train", TRAIN_CFG), SEED, device="cpu", **kwargs)
     finally:
         torch.set_num_threads(threads)
+        logger.setLevel(level)
         logger.removeHandler(handler)
         handler.close()
 
@@ -205,7 +206,7 @@ def test_changed_config_starts_over(runs, tmp_path, caplog) -> None:
     model_cfg = {k: v for k, v in MODEL_CFG.items() if k != "target_layer"}
     with caplog.at_level(logging.INFO):
         train_model(runs["manifest"], tmp_path / "out", model_cfg, {**TRAIN_CFG, "epochs": 1, "lr": 5e-4}, SEED,
-                    device="cpu", log=logging.getLogger("test"), resume_dir=resume)
+                    device="cpu", resume_dir=resume)
     assert "another configuration or data set" in caplog.text and "starting over" in caplog.text
     assert len(pd.read_csv(tmp_path / "out" / "history.csv")) == 1
     assert not resume.exists()
@@ -223,7 +224,8 @@ def test_missing_val_split_is_a_clear_error(tmp_path) -> None:
 
 def test_target_layer_is_checked_before_training(tmp_path) -> None:
     manifest = make_dataset(tmp_path)
-    with pytest.raises(ValueError, match=r"features\.28.*is a MaxPool2d, not a Conv2d.*features\.25"):
+    expected = r"features\.28.*is a MaxPool2d, not an explainable layer \(nn\.Conv2d\).*features\.25"
+    with pytest.raises(ValueError, match=expected):
         train_model(manifest, tmp_path / "out", {**MODEL_CFG, "target_layer": "features.28"}, TRAIN_CFG, SEED)
     assert not (tmp_path / "out").exists()
 
@@ -257,6 +259,6 @@ def test_fold_affine() -> None:
     layer = torch.nn.Linear(3, 1)
     x = torch.randn(5, 3)
     before = layer(x).detach()
-    fold_affine(layer, scale=2.5, shift=-1.0)
+    get_task("regression").fold(layer, {"target_mean": -1.0, "target_std": 2.5})
     torch.testing.assert_close(layer(x).detach(), 2.5 * before - 1.0)
 

@@ -13,9 +13,12 @@ import pytest
 from PIL import Image
 
 from ais.fusion import CHANNELS_SCHEMA, FUSED_SCHEMA
-from ais.heatmap_stage import MAP_KEYS
-from ais.heatmaps import load_maps
+from ais.io import read_maps as load_maps
+from ais.methods import map_keys
 from ais.tables import ABLATION_SCHEMA, HEATMAP_SCHEMA, LOCALIZATION_AUCS, TOP_CHANNELS_SCHEMA
+
+MAP_KEYS = map_keys()  # the map arrays every map file holds (every registered method's)
+
 
 @pytest.fixture
 def tiny_run(tiny_workflow: Path) -> Path:
