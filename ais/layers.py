@@ -18,6 +18,27 @@ def conv_layers(model: nn.Module) -> list[str]:
     return [name for name, m in model.named_modules() if isinstance(m, nn.Conv2d)]
 
 
+def unit_channels(module: nn.Module) -> int | None:
+    """The output channels (units) of ``module``: a conv's ``out_channels``, a norm's features, a Linear's outputs.
+
+    For a block (a residual block, a ``Sequential``): those of the last conv,
+    BatchNorm, LayerNorm or Linear it registers, which for torchvision's
+    ResNet, RegNet, EfficientNet, MobileNet and ConvNeXt blocks is the width of
+    the block's output. ``None`` when it holds none of them.
+    """
+    found = None
+    for m in module.modules():
+        if isinstance(m, nn.Conv2d):
+            found = m.out_channels
+        elif isinstance(m, nn.modules.batchnorm._BatchNorm):
+            found = m.num_features
+        elif isinstance(m, nn.LayerNorm):
+            found = m.normalized_shape[-1]
+        elif isinstance(m, nn.Linear):
+            found = m.out_features
+    return None if found is None else int(found)
+
+
 def resolve_layer(
     model: nn.Module, name: str, layers: Sequence[str] | None = None, kind: str = "nn.Conv2d"
 ) -> str:

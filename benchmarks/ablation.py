@@ -1,12 +1,15 @@
 """Benchmark the channel-ablation engine against the naive loop and Captum.
 
-Measures, in one run on the same images and model (random weights, no
-download):
+The model is any registered architecture (``ais.families.list_archs()``),
+built by :func:`ais.models.build_model` (its family's head, random weights,
+no download); the layer defaults to the family's default explainable layer
+(``auto``). Measures, in one run on the same images and model:
 
 - ``forward_s``: one plain forward pass of the images (median of repeats);
 - ``engine_s``: :class:`ais.ablation.ChannelAblation` over all channels
   (median of repeats, interleaved with the forward passes so that both see
-  the same machine load);
+  the same machine load; ``ratio_engine_to_forward_min`` compares the best
+  repeats, the steadier figure on a busy machine);
 - ``naive_s``: :func:`ais.ablation.naive_ablation` (zero ``weight[c]``, full
   forward, restore) on a sample of channels, extrapolated to all:
   ``t * C / (k + 1)`` (``k + 1`` forward passes of equal cost);
@@ -16,9 +19,11 @@ download):
   ``forward + (t - forward) * C / (k + 1)``.
 
 It checks the engine against the naive loop on the sampled channels and
-prints, as its last line, one JSON object.
+prints, as its last line, one JSON object (with the path the engine took,
+``why_not_faster`` when it is not ``lowrank``, and the number of units).
 
     .venv/bin/python benchmarks/ablation.py --arch vgg16 --size 224 --images 1
+    .venv/bin/python benchmarks/ablation.py --arch resnet50 --layer layer4.2
 """
 
 from __future__ import annotations
@@ -32,25 +37,12 @@ from typing import Callable
 
 import numpy as np
 import torch
-import torchvision
 from torch import nn
 
-from ais.ablation import ChannelAblation, RegressionTarget, naive_ablation
-
-ARCHS = ("vgg11", "vgg11_bn", "vgg13", "vgg13_bn", "vgg16", "vgg16_bn", "vgg19", "vgg19_bn", "resnet18")
-
-
-def build_model(arch: str, head: str) -> nn.Module:
-    """A randomly initialised regressor: VGG with a 1-output classifier or GAP head, or resnet18."""
-    model = getattr(torchvision.models, arch)(weights=None)
-    if arch.startswith("resnet"):
-        model.fc = nn.Linear(model.fc.in_features, 1)
-    elif head == "gap":
-        model.avgpool = nn.AdaptiveAvgPool2d(1)
-        model.classifier = nn.Linear(model.features[-3].out_channels, 1)
-    else:
-        model.classifier[6] = nn.Linear(4096, 1)
-    return model.eval()
+from ais.ablation import ChannelAblation, naive_ablation
+from ais.families import family_for, list_archs
+from ais.models import build_model
+from ais.targets import RegressionTarget
 
 
 def timed(fn: Callable[[], object], device: torch.device) -> tuple[float, object]:
@@ -93,9 +85,10 @@ def captum_time(
 
 def main(argv: list[str] | None = None) -> dict[str, object]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--arch", default="vgg16", choices=ARCHS)
-    parser.add_argument("--head", default="classifier", choices=("classifier", "gap"), help="VGG head")
-    parser.add_argument("--layer", default="auto", help="target Conv2d (module name) or auto (the last)")
+    parser.add_argument("--arch", default="vgg16", choices=list_archs())
+    parser.add_argument("--head", default=None, help="the family's head (default: its first; VGG: classifier)")
+    parser.add_argument("--layer", default="auto",
+                        help="explainable layer (module name) or auto (the family's default)")
     parser.add_argument("--size", type=int, default=224, help="input size in pixels")
     parser.add_argument("--images", type=int, default=1, help="images per batch")
     parser.add_argument("--channels-sample", type=int, default=8, help="channels timed with the naive loop")
@@ -105,15 +98,20 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     parser.add_argument("--path", default="auto", choices=("auto", "lowrank", "tail", "generic"))
     parser.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda if available)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     torch.manual_seed(args.seed)
-    model = build_model(args.arch, args.head).to(device)
+    family = family_for(args.arch)
+    args.head = args.head or family.heads[0]
+    model = build_model(args.arch, args.head).eval().to(device)
     x = torch.randn(args.images, 3, args.size, args.size, device=device)
     channel_batch = args.channel_batch if args.channel_batch == "auto" else int(args.channel_batch)
 
-    with ChannelAblation(model, args.layer, channel_batch=channel_batch, path=args.path) as engine:
+    with ChannelAblation(model, args.layer, channel_batch=channel_batch, path=args.path, family=family) as engine:
         n_channels = engine.n_channels
         with torch.no_grad():
             model(x)  # warm-up: allocator, oneDNN/cuDNN primitives
@@ -131,7 +129,8 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     print(f"forward {forward_s:.3f} s, engine {engine_s:.3f} s (all {n_channels} channels)", file=sys.stderr)
 
     sample = sample_channels(n_channels, args.channels_sample)
-    t_naive, (y_ref, abl_ref) = timed(lambda: naive_ablation(model, info["target_layer"], x, channels=sample), device)
+    t_naive, (y_ref, abl_ref) = timed(
+        lambda: naive_ablation(model, info["target_layer"], x, channels=sample, family=family), device)
     naive_s = t_naive * n_channels / (len(sample) + 1)
     max_abs_err = max(
         (y_pred - y_ref).abs().max().item(), (y_abl[:, sample] - abl_ref).abs().max().item()
@@ -151,9 +150,14 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
 
     result = {
         "arch": args.arch,
+        "family": family.name,
         "head": args.head,
         "layer": info["target_layer"],
         "path": info["path"],
+        "why_not_faster": info["why_not_faster"],
+        "kept_tensors": info["kept_tensors"],
+        "kept_by": info["kept_by"],
+        "units": n_channels,
         "size": args.size,
         "images": args.images,
         "channels": n_channels,
@@ -162,6 +166,8 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
         "forward_s": round(forward_s, 4),
         "engine_s": round(engine_s, 4),
         "ratio_engine_to_forward": round(engine_s / forward_s, 3),
+        # best of the repeats: less sensitive to other processes on a shared machine
+        "ratio_engine_to_forward_min": round(min(engine_times) / min(forward_times), 3),
         "naive_s": round(naive_s, 2),
         "captum_s": None if captum_s is None else round(captum_s, 2),
         "speedup_vs_naive": round(naive_s / engine_s, 1),

@@ -19,10 +19,11 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 import torchvision
+import torch.nn.functional as F
 from torch import nn
 
 from ais.ablation import PATHS, ChannelAblation, ablate_batches, ablation_table, naive_ablation
-from ais.images import iter_batches
+from ais.pipeline import iter_batches
 from ais.io import write_table
 from ais.layers import conv_layers, resolve_layer
 from ais.tables import ABLATION_SCHEMA
@@ -123,7 +124,7 @@ CASES = {
     "vgg16": ("features.28", 32, PATHS),
     "vgg16_bn": ("features.40", 32, PATHS),
     "vgg16_gap": ("features.28", 32, PATHS),
-    "resnet18": ("layer4.1.conv1", 64, ("generic",)),
+    "resnet18": ("layer4.1.conv1", 64, ("tail", "generic")),
 }
 
 
@@ -172,15 +173,16 @@ def test_path_matches_naive(name: str, path: str):
 
 
 @pytest.mark.parametrize("name,expected", [("vgg16", "lowrank"), ("vgg16_bn", "lowrank"), ("vgg16_gap", "lowrank"),
-                                           ("resnet18", "generic")])
+                                           ("resnet18", "tail")])
 def test_auto_path(name: str, expected: str):
     engine = ChannelAblation(build(name), CASES[name][0])
     assert engine.path == expected
-    if name == "resnet18":
-        assert "skip connection" in engine.reasons["tail"]
-        for path in ("lowrank", "tail"):
-            with pytest.raises(ValueError, match="does not apply"):
-                ChannelAblation(build(name), CASES[name][0], path=path)
+    if name == "resnet18":  # conv2 follows inside the block: not channel-wise; the identity is kept
+        assert "not a channel-wise operation" in engine.reasons["lowrank"]
+        assert engine.describe()["why_not_faster"] == {"lowrank": engine.reasons["lowrank"]}
+        assert engine.describe()["kept_tensors"] == 1
+        with pytest.raises(ValueError, match="does not apply"):
+            ChannelAblation(build(name), CASES[name][0], path="lowrank")
 
 
 def test_all_512_channels_lowrank_equals_tail_vgg16_gap():
@@ -219,6 +221,111 @@ def test_batchnorm_ablated_channel_is_bn_shift_not_zero():
     _, abl = engine(images(1, 20))
     _, ref = naive_ablation(model, "4", images(1, 20))
     torch.testing.assert_close(abl, ref, rtol=0, atol=ATOL)
+
+
+# --------------------------------------------------------------------------- skip connections across the cut
+
+
+class TinyResNet(nn.Module):
+    """stem -> BasicBlock(6) -> BasicBlock(6 -> 8, stride 2, downsample) -> GAP -> Linear: skips everywhere."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        from torchvision.models.resnet import BasicBlock
+
+        self.stem = nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.BatchNorm2d(6), nn.ReLU(inplace=True))
+        self.block1 = BasicBlock(6, 6)
+        down = nn.Sequential(nn.Conv2d(6, 8, 1, stride=2, bias=False), nn.BatchNorm2d(8))
+        self.block2 = BasicBlock(6, 8, stride=2, downsample=down)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(8, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.flatten(self.pool(self.block2(self.block1(self.stem(x)))), 1))
+
+
+def tiny_resnet() -> nn.Module:
+    torch.manual_seed(8)
+    return _scale_output(_randomise_batchnorm(TinyResNet(), seed=8), 10.0).eval()
+
+
+# layer -> (path taken, tensors kept from before the layer: the block input, the downsampled identity)
+RESIDUAL_CASES = {
+    "stem.0": ("tail", 0),  # everything after reads the stem's output only through the conv
+    "block1.conv1": ("tail", 1),  # block1's input is added back after conv2
+    "block1.conv2": ("tail", 1),  # + identity, relu, then block2's convs: not channel-wise
+    "block1": ("tail", 0),  # block2 reads it twice (conv1 and downsample)
+    "block2.conv1": ("tail", 1),  # the downsampled identity
+    "block2.conv2": ("lowrank", 1),  # bn2, + identity, relu, pool, fc: channel-wise
+    "block2.downsample.0": ("lowrank", 1),  # bn, + the residual branch (kept), relu, pool, fc
+    "block2": ("lowrank", 0),
+}
+
+
+@pytest.mark.parametrize("layer", list(RESIDUAL_CASES))
+def test_skip_connection_across_the_cut_all_channels(layer: str):
+    """Every unit of every layer of a residual net, on every path that applies, equals the naive loop."""
+    model, x = tiny_resnet(), images(3, 12, seed=2)
+    path, kept = RESIDUAL_CASES[layer]
+    y_ref, abl_ref = naive_ablation(model, layer, x)
+    assert (abl_ref - y_ref[:, None]).abs().max() > 1e-3
+    engine = ChannelAblation(model, layer)
+    assert engine.path == path and engine.describe()["kept_tensors"] == kept
+    for p in PATHS[PATHS.index(path):]:
+        for channel_batch in ("auto", 4):
+            y_pred, y_abl = ChannelAblation(model, layer, path=p, channel_batch=channel_batch)(x)
+            torch.testing.assert_close(y_pred, y_ref, rtol=0, atol=ATOL)
+            torch.testing.assert_close(y_abl, abl_ref, rtol=0, atol=ATOL)
+
+
+class FunctionalSkip(nn.Module):
+    """A skip whose value no module outputs or reads first (``0.5 * relu(conv0(x))``): no hook can keep it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv0, self.conv1 = nn.Conv2d(3, 5, 3, padding=1), nn.Conv2d(5, 4, 3, padding=1)
+        self.conv2 = nn.Conv2d(4, 5, 1)
+        self.fc = nn.Linear(5, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.relu(self.conv0(x))
+        skip = h * 0.5
+        out = torch.relu(self.conv2(torch.relu(self.conv1(h))) + skip)
+        return self.fc(torch.flatten(F.adaptive_avg_pool2d(out, 1), 1))
+
+
+@pytest.mark.parametrize("layer,path", [("conv1", "tail"), ("conv2", "lowrank")])
+def test_skip_kept_by_the_traced_prefix(layer: str, path: str):
+    torch.manual_seed(9)
+    model, x = _scale_output(FunctionalSkip(), 10.0).eval(), images(2, 8, seed=3)
+    engine = ChannelAblation(model, layer)
+    assert engine.path == path and engine.describe()["kept_by"] == "prefix pass"
+    y_ref, abl_ref = naive_ablation(model, layer, x)
+    assert (abl_ref - y_ref[:, None]).abs().max() > 1e-3
+    y_pred, y_abl = engine(x)
+    torch.testing.assert_close(y_pred, y_ref, rtol=0, atol=ATOL)
+    torch.testing.assert_close(y_abl, abl_ref, rtol=0, atol=ATOL)
+    assert _hook_counts(model) == 0
+
+
+def test_skip_paths_leave_the_model_unchanged():
+    model, before = tiny_resnet(), None
+    before = _snapshot(model)
+    for layer in ("block1.conv1", "block2.conv2"):
+        with ChannelAblation(model, layer, channel_batch=3) as engine:
+            engine(images(2, 12))
+            assert _hook_counts(model) == 0
+    _assert_same(model, before)
+
+
+def test_naive_on_a_block_zeroes_its_output_channel():
+    """For a non-conv layer the reference zeroes the channel of the layer's output (here: by hand, via the head)."""
+    model, x = tiny_resnet(), images(2, 12)
+    with torch.no_grad():
+        feats = torch.flatten(model.pool(model.block2(model.block1(model.stem(x)))), 1)  # (N, 8)
+        expected = [model.fc(feats.index_fill(1, torch.tensor([c]), 0.0))[:, 0] for c in range(8)]
+    _, abl = naive_ablation(model, "block2", x)
+    torch.testing.assert_close(abl, torch.stack(expected, dim=1), rtol=0, atol=ATOL)
 
 
 # --------------------------------------------------------------------------- hand-made nets
@@ -497,7 +604,9 @@ def test_ablate_images(tmp_path: Path, caplog: pytest.LogCaptureFixture):
     assert table.column("image_id").to_pylist()[:13] == ["im0"] * 12 + ["im1"]
     assert table.column("residual").null_count == 2 * 12
     assert lines[0].startswith("ablating 12 channels of 3 for 5 images on cpu (lowrank path)")
-    assert [line.split(",")[0] for line in lines[1:]] == ["images 2/5", "images 4/5", "images 5/5"]
+    progress = [line.split(",")[0] for line in lines[1:]]  # the first batch at once, at most every 30 s, the end
+    assert progress[0] == "images 2/5" and progress[-1] == "images 5/5"
+    assert set(progress) <= {"images 2/5", "images 4/5", "images 5/5"}
     assert "/s, elapsed" in lines[1] and "ETA" in lines[1]
     info = engine.describe()  # what the stage stores under "ablation" in the shard's metadata
     assert info["target_layer"] == "3" and info["path"] == "lowrank"
@@ -513,3 +622,25 @@ def test_ablate_images_logs_to_logger(tmp_path: Path, caplog: pytest.LogCaptureF
     with caplog.at_level(logging.INFO, logger="ais.ablation"):
         ablate_files(tiny_vgg(bn=False), "3", paths, ["a"], [None], size=16, device="cpu")
     assert any("images 1/1" in r.getMessage() for r in caplog.records)
+
+
+class MeanHead(nn.Module):
+    """MnasNet's and ShuffleNet's head: ``x.mean([2, 3])`` instead of a pool and a flatten."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv, self.bn, self.fc = nn.Conv2d(3, 6, 3), nn.BatchNorm2d(6), nn.Linear(6, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.relu(self.bn(self.conv(x))).mean([2, 3]))
+
+
+def test_spatial_mean_head_is_lowrank():
+    torch.manual_seed(10)
+    model, x = _scale_output(_randomise_batchnorm(MeanHead(), 10), 10.0).eval(), images(2, 8)
+    engine = ChannelAblation(model, "conv")
+    assert engine.path == "lowrank"
+    y_ref, abl_ref = naive_ablation(model, "conv", x)
+    y_pred, y_abl = engine(x)
+    torch.testing.assert_close(y_pred, y_ref, rtol=0, atol=ATOL)
+    torch.testing.assert_close(y_abl, abl_ref, rtol=0, atol=ATOL)

@@ -1,39 +1,44 @@
 """Channel ablation of one layer: the exact and fast engine behind AIS.
 
-For an image ``x`` and a target :class:`torch.nn.Conv2d`, the ablated
-prediction for channel ``c`` is the model's output when that conv's output
-channel ``c`` is exactly zero (its ``weight[c]`` and ``bias[c]`` set to zero),
-before whatever follows it (ReLU, BatchNorm, pooling, ...). A *target*
-callable maps the model's output ``(N, ...)`` to one scalar per image ``(N,)``.
+For an image ``x`` and a target layer (an :class:`torch.nn.Conv2d`, a
+residual block, a BatchNorm: any module whose output is ``(N, C, ...)``), the
+ablated prediction for unit ``c`` is the model's output when channel ``c`` of
+that layer's output is exactly zero (for a conv: its ``weight[c]`` and
+``bias[c]`` set to zero), before whatever follows it (ReLU, BatchNorm, the
+addition of a skip connection, pooling, ...). A *target* callable maps the
+model's output ``(N, ...)`` to one scalar per image ``(N,)``.
 
 :class:`ChannelAblation` computes all channels of a batch of images without
 ever writing into the model's weights, by one of three paths (all equal to
-:func:`naive_ablation` up to float32 rounding):
+:func:`naive_ablation` up to float rounding):
 
 ``lowrank``
-    Everything between the conv and the first ``nn.Linear`` acts channel by
-    channel (ReLU, eval BatchNorm2d, pooling, Flatten, eval Dropout, ...), so
-    zeroing channel ``c`` changes only block ``c`` of the Linear's input
-    ``g``. One ordinary forward pass captures ``A`` (the conv output), ``g``
-    and ``z = W g + b``; then for every channel
+    Everything between the layer and the first ``nn.Linear`` acts channel by
+    channel (ReLU, eval BatchNorm2d, pooling, Flatten, eval Dropout, the
+    addition of a tensor computed before the layer such as ResNet's
+    identity, ...), so zeroing channel ``c`` changes only block ``c`` of the
+    Linear's input ``g``. One ordinary forward pass captures ``A`` (the layer
+    output), ``g`` and ``z = W g + b``; then for every channel
     ``z_c = z - W[:, block_c] @ (g_c - g0_c)`` (``g0_c``: the block of an
-    all-zero channel, e.g. ``relu(bn(0))`` pooled) and only the layers after
-    the first Linear run, on ``(N * C, out)`` rows.
+    all-zero channel, e.g. ``relu(bn(0) + identity)`` pooled) and only the
+    layers after the first Linear run, on ``(N * C, out)`` rows.
 ``tail``
-    The rest of the network after the conv is a function of the conv output
-    alone (no skip connection across it): the network runs once up to the
-    conv, then only the tail runs on ``(N * K, C, H, W)`` copies of ``A``,
-    copy ``k`` with channel ``c_k`` zeroed.
+    The network runs once up to the layer, keeping the tensors computed
+    before it that are read after it (skip connections: a residual block's
+    input, a downsampled identity, DenseNet's concatenated features); then
+    only the rest of the network runs on ``(N * K, C, H, W)`` copies of
+    ``A``, copy ``k`` with channel ``c_k`` zeroed, beside the kept tensors.
 ``generic``
-    Any model (ResNets, ...): the whole model runs on ``N * K`` copies of the
-    images with a forward hook on the conv that returns its output with
-    channel ``c_k`` zeroed in copy ``k``. Slower, but needs nothing from the
-    model's structure.
+    Any model: the whole model runs on ``N * K`` copies of the images with a
+    forward hook on the layer that returns its output with channel ``c_k``
+    zeroed in copy ``k``. For models torch.fx cannot trace, or a layer called
+    more than once; the log and :meth:`ChannelAblation.describe` say why.
 
-``lowrank`` and ``tail`` cut the network with :mod:`torch.fx`; a model that
-cannot be traced falls back to ``generic``. Each call checks that the cut
-network reproduces the model's own prediction, so a cut that does not match
-the model's ``forward`` is an error, never a silently wrong table.
+``lowrank`` and ``tail`` cut the network with :mod:`torch.fx` (the target
+layer traced as one call); a model that cannot be traced falls back to
+``generic``. Each call checks that the cut network reproduces the model's own
+prediction, so a cut that does not match the model's ``forward`` is an error,
+never a silently wrong table.
 
 Modules: :mod:`~ais.ablation.engine` (:class:`ChannelAblation`),
 :mod:`~ais.ablation.cuts` (the torch.fx cuts), :mod:`~ais.ablation.naive`

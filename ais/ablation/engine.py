@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Iterator, Sequence
+import logging
+from dataclasses import dataclass, field
+from typing import Any, Iterator, Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
 
 from ais.ablation.cuts import _cut_network, _module_names
 from ais.hooks import Hooks
-from ais.layers import resolve_layer
+from ais.layers import resolve_layer, unit_channels
 from ais.targets import RegressionTarget, Target
+
+logger = logging.getLogger(__name__)
 
 PATHS = ("lowrank", "tail", "generic")
 DEFAULT_MEMORY_BUDGET = 1 << 30  # bytes of activations per ablated batch when channel_batch="auto"
@@ -53,20 +56,37 @@ def _per_sample(t: object) -> int:
     return t[0].numel() if isinstance(t, Tensor) and t.ndim >= 1 and t.shape[0] else 0
 
 
+def _rows(kept: Mapping[str, Tensor], names: Sequence[str], images: Tensor) -> dict[str, Tensor]:
+    """The kept tensors ``names`` for rows ``images`` (copies: the suffix may write into them in place)."""
+    return {k: kept[k][images] for k in names}
+
+
+def _resolve(model: nn.Module, name: str, family: Any) -> str:
+    """The layer to ablate: by ``family`` when given; else any module with known output channels
+    (``auto``: the last conv)."""
+    if family is not None:
+        return family.resolve_layer(model, name)
+    modules = dict(model.named_modules())
+    if name != "auto" and name in modules and unit_channels(modules[name]) is not None:
+        return name
+    return resolve_layer(model, name)
+
+
 @dataclass
 class _Forward:
     """What one ordinary forward pass of ``N`` images leaves behind."""
 
     key: tuple[int, ...]  # the input's (3, H, W): activation sizes depend on it
     y_pred: Tensor  # (N,)
-    activation: Tensor | None  # A, the conv output (N, C, H, W)
+    activation: Tensor | None  # A, the layer output (N, C, H, W)
     linear_in: Tensor | None  # g (N, F), lowrank only
     linear_out: Tensor | None  # z (N, out), lowrank only
     sizes: dict[str, int]  # per-sample numel of each leaf module's output (when recorded)
+    kept: dict[str, Tensor] = field(default_factory=dict)  # prefix values the suffix reads (skip connections)
 
 
 class ChannelAblation:
-    """Ablate every output channel of one ``nn.Conv2d``, exactly and fast.
+    """Ablate every output channel of one layer (an ``nn.Conv2d``, a residual block, ...), exactly and fast.
 
     ``engine(x)`` with images ``x`` of shape ``(N, 3, H, W)`` returns
     ``(y_pred, y_ablated)`` of shapes ``(N,)`` and ``(N, K)`` (float32, on the
@@ -79,7 +99,10 @@ class ChannelAblation:
         In eval mode. Its weights are never written; the engine registers
         forward hooks only while a call runs and removes them in ``finally``.
     target_layer:
-        Module name of the conv (``"features.28"``) or ``"auto"`` (the last Conv2d).
+        Module name of the layer (``"features.28"``, ``"layer4.2"``) or ``"auto"``
+        (``family``'s default layer; without a family, the last Conv2d). Any
+        module whose output is ``(N, C, ...)`` with ``C`` known from its last
+        conv, norm or Linear (:func:`ais.layers.unit_channels`) can be named.
     target:
         Callable mapping the model output ``(N, ...)`` to ``(N,)``; default
         :class:`RegressionTarget`.
@@ -92,6 +115,9 @@ class ChannelAblation:
     path:
         ``"auto"`` (``lowrank``, else ``tail``, else ``generic``) or one of
         :data:`PATHS` (``ValueError`` if it does not apply to the model).
+    family:
+        The model's :class:`ais.families.Family`: ``target_layer`` is resolved
+        against its explainable layers.
 
     Use as a context manager (or call :meth:`close`) to release the engine's
     cached weight layout.
@@ -106,6 +132,7 @@ class ChannelAblation:
         device: str | torch.device | None = None,
         path: str = "auto",
         memory_budget: int = DEFAULT_MEMORY_BUDGET,
+        family: Any = None,
     ) -> None:
         if channel_batch != "auto" and not (isinstance(channel_batch, int) and channel_batch >= 1):
             raise ValueError(f"channel_batch must be a positive integer or 'auto', got {channel_batch!r}")
@@ -113,13 +140,14 @@ class ChannelAblation:
             raise ValueError(f"path must be 'auto' or one of {PATHS}, got {path!r}")
         require_eval(model)
         self.model = model
-        self.layer_name = resolve_layer(model, target_layer)
-        self.conv: nn.Conv2d = model.get_submodule(self.layer_name)
-        self.n_channels: int = self.conv.out_channels
+        self.layer_name = _resolve(model, target_layer, family)
+        self.layer: nn.Module = model.get_submodule(self.layer_name)
+        self.n_channels: int = unit_channels(self.layer) or 0
         self.target: Target = RegressionTarget() if target is None else target
         self.channel_batch = channel_batch
         self.memory_budget = int(memory_budget)
         param = next(model.parameters())
+        self.dtype = param.dtype if param.is_floating_point() else torch.float32  # images are cast to it
         self.device = param.device if device is None else torch.device(device)
         if param.device != self.device:
             model.to(self.device)
@@ -128,7 +156,7 @@ class ChannelAblation:
         self._auto_batch: dict[tuple[int, ...], int] = {}
 
         cuts = _cut_network(model, self.layer_name)
-        self._plan, self._tail = cuts.lowrank, cuts.tail
+        self._cuts, self._plan, self._tail = cuts, cuts.lowrank, cuts.tail
         self.reasons = cuts.reasons  # path -> why it does not apply
         if path == "auto":
             self.path = cuts.available[0]
@@ -136,15 +164,24 @@ class ChannelAblation:
             self.path = path
         else:
             raise ValueError(f"path {path!r} does not apply to {type(model).__name__}: {self.reasons[path]}")
+        pieces = {"lowrank": (self._plan.between, self._plan.rest) if self._plan else (),
+                  "tail": (self._tail.head, self._tail.rest) if self._tail else (), "generic": ()}[self.path]
+        # the suffix reads values kept from before the layer: hooks keep them in the model's own pass where
+        # they can, else the traced prefix computes them (a second pass up to the layer)
+        self._kept = any(p.extras for p in pieces)
+        self._uses_prefix = self._kept and cuts.captures is None
+        if self.path != PATHS[0]:
+            logger.info("%s: %s path (%s)", self.layer_name, self.path,
+                        "; ".join(f"not {p}: {why}" for p, why in self.why_not_faster().items()))
 
     # ----------------------------------------------------------------- public
 
     def __call__(self, x: Tensor, channels: Sequence[int] | Tensor | None = None) -> tuple[Tensor, Tensor]:
-        """Ablate ``channels`` (default: all) for images ``x`` ``(N, 3, H, W)``.
+        """Ablate ``channels`` (default: all) for images ``x`` ``(N, 3, H, W)``, cast to the model's dtype.
 
         Returns ``y_pred`` ``(N,)`` and ``y_ablated`` ``(N, K)``, float32 on the CPU.
         """
-        x = x.to(self.device, torch.float32)
+        x = x.to(self.device, self.dtype)
         idx = _as_index(channels, self.n_channels, self.device)
         try:
             with torch.no_grad():
@@ -172,12 +209,19 @@ class ChannelAblation:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    def why_not_faster(self) -> dict[str, str]:
+        """For each path faster than the one taken, why it was not taken."""
+        return {p: self.reasons.get(p, f"path={self.path!r} was asked for") for p in PATHS[:PATHS.index(self.path)]}
+
     def describe(self) -> dict[str, object]:
         """The engine's settings, for provenance metadata."""
         return {
             "target_layer": self.layer_name,
             "n_channels": self.n_channels,
             "path": self.path,
+            "why_not_faster": self.why_not_faster(),
+            "kept_tensors": len(self._cuts.kept) if self._kept else 0,
+            "kept_by": ("prefix pass" if self._uses_prefix else "hooks") if self._kept else None,
             "target": repr(self.target),
             "channel_batch": self.channel_batch,
         }
@@ -185,20 +229,23 @@ class ChannelAblation:
     # ----------------------------------------------------------------- passes
 
     def _forward(self, x: Tensor) -> _Forward:
-        """One ordinary forward pass of the model, capturing what the chosen path needs."""
+        """One ordinary forward pass of the model, capturing what the chosen path needs.
+
+        Values kept from before the layer (skip connections) are kept by
+        hooks in the same pass; where the trace shows no place for a hook, the
+        traced prefix also runs, and computes ``A`` and them.
+        """
         captured: dict[str, Tensor] = {}
         sizes: dict[str, int] = {}
+        kept: dict[str, Tensor] = {}
         key = tuple(x.shape[1:])
-        if self.path != "generic":
-            # clone: torchvision's ReLU(inplace=True) would overwrite the conv output
-            self._hooks.add(self.conv, lambda m, i, o: captured.__setitem__("A", o.clone()))
-        if self.path == "lowrank":
-
-            def keep_linear(m: nn.Module, inputs: tuple[Tensor, ...], output: Tensor) -> None:
-                captured["g"] = inputs[0].clone()
-                captured["z"] = output.clone()
-
-            self._hooks.add(self._plan.linear, keep_linear)
+        if self.path != "generic" and not self._uses_prefix:
+            # clone: torchvision's ReLU(inplace=True) would overwrite the layer output
+            self._hooks.add(self.layer, lambda m, i, o: captured.__setitem__("A", o.clone()))
+            if self.path == "lowrank":
+                self._hooks.add(self._plan.linear, lambda m, i, o: captured.update(g=i[0].clone(), z=o.clone()))
+            if self._kept:
+                self._keep_by_hooks(x, kept)
         if self.channel_batch == "auto" and key not in self._auto_batch:
             for name, m in self.model.named_modules():
                 if not any(True for _ in m.children()):
@@ -210,7 +257,29 @@ class ChannelAblation:
         y = self.target(output)
         if y.shape != (len(x),):
             raise ValueError(f"the target must map the model output to shape ({len(x)},), got {tuple(y.shape)}")
-        return _Forward(key, y, captured.get("A"), captured.get("g"), captured.get("z"), sizes)
+        if self._uses_prefix:
+            captured["A"], *values = self._cuts.prefix(x)
+            kept = dict(zip(self._cuts.kept, values))
+            if self.path == "lowrank":
+                captured["g"] = self._plan.between(captured["A"].clone(), _clones(kept))
+                captured["z"] = self._plan.linear(captured["g"])
+        A = captured.get("A")
+        if A is not None and (A.ndim < 2 or A.shape[1] != self.n_channels):
+            raise RuntimeError(f"{self.layer_name}'s output has shape {tuple(A.shape)}, expected "
+                               f"{self.n_channels} channels in dimension 1")
+        return _Forward(key, y, A, captured.get("g"), captured.get("z"), sizes, kept)
+
+    def _keep_by_hooks(self, x: Tensor, kept: dict[str, Tensor]) -> None:
+        """Register hooks that keep, during the model's pass, the values the suffix reads (cloned)."""
+        for name, (module, where) in self._cuts.captures.items():
+            if not module:
+                kept[name] = x
+            elif where == "output":
+                self._hooks.add(self.model.get_submodule(module),
+                                lambda m, i, o, name=name: kept.__setitem__(name, o.clone()))
+            else:
+                self._hooks.add(self.model.get_submodule(module),
+                                lambda m, i, o, name=name: kept.__setitem__(name, i[0].clone()))
 
     def _batch_rows(self, fwd: _Forward, stage_modules: Sequence[str], width: int) -> int:
         """Ablated copies per pass: the integer setting, or sized from the stage's activations.
@@ -235,11 +304,13 @@ class ChannelAblation:
 
     def _lowrank(self, fwd: _Forward, idx: Tensor) -> Tensor:
         """``z_c = z - W[:, block_c] @ (g_c - g0_c)``, then the layers after the first Linear."""
-        plan, A, g, z = self._plan, fwd.activation, fwd.linear_in, fwd.linear_out
+        plan, A, g, z, kept = self._plan, fwd.activation, fwd.linear_in, fwd.linear_out, fwd.kept
         n, c = A.shape[:2]
-        self._check(plan.between(A.clone()), g, "part between the conv and the first Linear")
-        self._check(self.target(plan.rest(z.clone())), fwd.y_pred, "part after the first Linear")
-        g0 = plan.between(torch.zeros_like(A[:1]))  # (1, F): each channel's block when it is zeroed
+        if not self._uses_prefix:  # with the prefix, g was computed by the cut itself
+            self._check(plan.between(A.clone(), _clones(kept)), g, "part between the layer and the first Linear")
+        self._check(self.target(plan.rest(z.clone(), _clones(kept))), fwd.y_pred, "part after the first Linear")
+        # each channel's block when it is zeroed: per image when a kept tensor enters between (N or 1, F)
+        g0 = plan.between(torch.zeros_like(A if plan.between.extras else A[:1]), _clones(kept))
         block = g.shape[1] // c
         if g.ndim != 2 or g.shape[1] != c * block:
             raise RuntimeError(f"the first Linear's input {tuple(g.shape)} is not {c} channel blocks")
@@ -252,7 +323,8 @@ class ChannelAblation:
             ch = idx[sl]
             dz = torch.bmm(_take(d, 1, ch).transpose(0, 1), _take(weight, 0, ch))  # (K, N, out)
             zc = z.unsqueeze(0) - dz
-            y = self.target(plan.rest(zc.reshape(-1, zc.shape[-1])))  # rows ordered channel, image
+            images = torch.arange(len(ch) * n, device=A.device) % n  # rows ordered channel, image
+            y = self.target(plan.rest(zc.reshape(-1, zc.shape[-1]), _rows(kept, plan.rest.extras, images)))
             out.append(y.view(len(ch), n).T)
         return torch.cat(out, dim=1)
 
@@ -278,31 +350,44 @@ class ChannelAblation:
             yield r // k, idx[r % k]
 
     def _tail_path(self, fwd: _Forward, idx: Tensor) -> Tensor:
-        """The tail after the conv on copies of ``A`` with one channel zeroed each."""
-        A = fwd.activation
-        self._check(self.target(self._tail(A.clone())), fwd.y_pred, "tail after the conv")
-        rows = self._batch_rows(fwd, _module_names(self._tail), A[0].numel())
+        """The suffix on copies of ``B = head(A)``, copy ``k`` with channel ``c_k`` of ``head(0)``; the kept tensors.
+
+        ``head``: the channel-wise operations right after the layer (none: ``B = A``,
+        and an ablated channel is zero).
+        """
+        A, kept, plan = fwd.activation, fwd.kept, self._tail
+        B = plan.head(A.clone(), _clones(kept))  # (N, C, h, w)
+        self._check(self.target(plan.rest(B.clone(), _clones(kept))), fwd.y_pred, "tail after the layer")
+        # each channel after head when it is zeroed: per image when a kept tensor enters head (N or 1, C, h, w)
+        B0 = plan.head(torch.zeros_like(A if plan.head.extras else A[:1]), _clones(kept))
+        width = B[0].numel() + sum(kept[k][0].numel() for k in plan.rest.extras)
+        rows = self._batch_rows(fwd, _module_names(plan.rest), width)
         out = []
         for images, chans in self._pairs(len(A), idx, rows):
-            copies = A[images]  # advanced indexing: a copy
-            copies[torch.arange(len(images), device=A.device), chans] = 0
-            out.append(self.target(self._tail(copies)))
+            copies = B[images]  # advanced indexing: a copy
+            source = images if len(B0) > 1 else torch.zeros_like(images)
+            copies[torch.arange(len(images), device=A.device), chans] = B0[source, chans]
+            out.append(self.target(plan.rest(copies, _rows(kept, plan.rest.extras, images))))
         return torch.cat(out).view(len(A), len(idx))
 
     def _generic(self, x: Tensor, fwd: _Forward, idx: Tensor) -> Tensor:
-        """The whole model on copies of the images, the conv's output masked by a hook."""
+        """The whole model on copies of the images, the layer's output masked by a hook."""
         rows = self._batch_rows(fwd, [n for n, _ in self.model.named_modules()], x[0].numel())
         out = []
         for images, chans in self._pairs(len(x), idx, rows):
-            mask = torch.zeros(len(images), self.n_channels, 1, 1, dtype=torch.bool, device=x.device)
-            mask[torch.arange(len(images), device=x.device), chans] = True
 
-            def zero_channel(m: nn.Module, inputs: tuple[Tensor, ...], output: Tensor, mask: Tensor = mask) -> Tensor:
-                return output.masked_fill(mask, 0.0)
+            def zero_channel(m: nn.Module, inputs: tuple[Tensor, ...], output: Tensor, chans: Tensor = chans) -> Tensor:
+                mask = torch.zeros(output.shape[:2], dtype=torch.bool, device=output.device)
+                mask[torch.arange(len(chans), device=output.device), chans] = True
+                return output.masked_fill(mask.view(*mask.shape, *([1] * (output.ndim - 2))), 0.0)
 
-            self._hooks.add(self.conv, zero_channel)
+            self._hooks.add(self.layer, zero_channel)
             try:
                 out.append(self.target(self.model(x[images])))
             finally:
                 self._hooks.remove()
         return torch.cat(out).view(len(x), len(idx))
+
+
+def _clones(kept: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    return {k: v.clone() for k, v in kept.items()}

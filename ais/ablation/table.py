@@ -11,7 +11,7 @@ import pyarrow as pa
 from torch import Tensor
 
 from ais.ablation.engine import ChannelAblation
-from ais.logs import Progress
+from ais.logs import PROGRESS_EVERY, Progress
 from ais.tables import ABLATION_SCHEMA
 
 logger = logging.getLogger(__name__)
@@ -86,7 +86,7 @@ def ablate_batches(
     """
     logger.info("ablating %d channels of %s for %d images on %s (%s path)",
                 engine.n_channels, engine.layer_name, n_images, engine.device, engine.path)
-    progress = Progress(n_images, "images", logger, every=0.0)
+    progress = Progress(n_images, "images", logger, every=PROGRESS_EVERY)  # a line per batch flooded large runs
     tables, done = [], 0
     for x, image_ids, y_true in batches:
         y_pred, y_abl = engine(x)

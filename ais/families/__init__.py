@@ -21,7 +21,7 @@ from typing import Sequence
 
 from torch import Tensor, nn
 
-from ais.layers import conv_layers, resolve_layer
+from ais.layers import conv_layers, resolve_layer, unit_channels
 from ais.registry import Registry
 
 __all__ = ["Family", "family_for", "get_family", "list_archs", "list_families", "register_family",
@@ -41,6 +41,17 @@ class Family:
     def build(self, arch: str, head: str, n_outputs: int = 1) -> nn.Module:
         """A randomly initialised model (torch's global generator: seed it first), CPU, training mode."""
         raise NotImplementedError
+
+    def set_head_dropout(self, model: nn.Module, p: float | None) -> nn.Module:
+        """Give the head dropout probability ``p`` (``model.head_dropout``); ``None`` leaves the model as built.
+
+        Families whose adapter does not support it refuse any other value.
+        """
+        if p is None:
+            return model
+        from ais.errors import UserError
+
+        raise UserError(f"model.head_dropout={p}: the {self.name} family has no head dropout; leave it null")
 
     def fetch_weights(self, arch: str, weights: str, progress: bool = False) -> tuple[dict[str, Tensor], str]:
         """The state dict named by ``weights`` (a local file by default) and where it came from."""
@@ -71,8 +82,11 @@ class Family:
         return resolve_layer(model, name, self.explainable_layers(model), self.layer_kind)
 
     def n_units(self, model: nn.Module, layer: str) -> int:
-        """Units of ``layer`` (a conv's output channels)."""
-        return int(model.get_submodule(layer).out_channels)
+        """Units of ``layer``: its output channels (:func:`ais.layers.unit_channels`; a conv's ``out_channels``)."""
+        units = unit_channels(model.get_submodule(layer))
+        if units is None:
+            raise ValueError(f"{layer} ({type(model.get_submodule(layer)).__name__}) has no known output channels")
+        return units
 
     def output_layer(self, model: nn.Module) -> nn.Linear:
         """The model's final ``nn.Linear``."""
@@ -154,5 +168,12 @@ def list_archs() -> list[str]:
     return _ARCHS.names()
 
 
-from ais.families import vgg as _vgg  # noqa: E402,F401  (registers the built-in families)
+# the built-in families (each module registers its own)
+from ais.families import vgg as _vgg  # noqa: E402,F401
+from ais.families import resnet as _resnet  # noqa: E402,F401
+from ais.families import efficientnet as _efficientnet  # noqa: E402,F401
+from ais.families import mobilenet as _mobilenet  # noqa: E402,F401
+from ais.families import convnext as _convnext  # noqa: E402,F401
+from ais.families import densenet as _densenet  # noqa: E402,F401
+from ais.families import regnet as _regnet  # noqa: E402,F401
 

@@ -10,6 +10,13 @@ Two heads, both keeping VGG's submodules ``features``, ``avgpool`` and
   ``classifier = Sequential(Linear(C, n_outputs))`` with ``C`` the channels of
   the last convolution (global average pooling, then a linear read-out).
 
+``head_dropout`` (``model.head_dropout``; Monte-Carlo dropout samples it):
+``None`` keeps the head as above (``classifier`` has VGG's two
+``Dropout(0.5)``, ``gap`` none); a number ``p`` gives the ``gap`` head a
+``Dropout(p)`` before its Linear (named ``classifier.dropout``, so the
+Linear stays ``classifier.0`` and checkpoints load either way: dropout has
+no parameters) and sets the ``classifier`` head's dropouts to ``p``.
+
 Pretrained weights: torchvision's weights API (``IMAGENET1K_V1``, downloaded
 once into the torch cache, read with ``weights_only=True``) or a local file.
 Explainable layers: every ``nn.Conv2d`` (``auto`` = the last one,
@@ -18,6 +25,7 @@ Explainable layers: every ``nn.Conv2d`` (``auto`` = the last one,
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from pathlib import Path
 
 import torch
@@ -34,7 +42,7 @@ class VGGFamily(Family):
     heads = ("classifier", "gap")
     backbone_prefix = "features."
 
-    def build(self, arch: str, head: str, n_outputs: int = 1) -> nn.Module:
+    def build(self, arch: str, head: str, n_outputs: int = 1, head_dropout: float | None = None) -> nn.Module:
         """A randomly initialised VGG, without paying for layers the head discards."""
         if head not in self.heads:
             raise ValueError(f"model.head={head!r}: unknown head; choose one of {', '.join(self.heads)}")
@@ -48,6 +56,21 @@ class VGGFamily(Family):
             model.classifier = nn.Sequential(nn.Linear(channels, n_outputs, device="meta"))
         model = model.to_empty(device="cpu")
         _init_vgg_(model)
+        return self.set_head_dropout(model, head_dropout)
+
+    def set_head_dropout(self, model: nn.Module, p: float | None) -> nn.Module:
+        """Give the head dropout probability ``p`` (see the module docstring); ``None`` leaves it as built."""
+        if p is None:
+            return model
+        if not 0 <= p < 1:
+            raise ValueError(f"model.head_dropout={p}: must be in [0, 1)")
+        dropouts = [m for m in model.classifier if isinstance(m, nn.Dropout)]
+        if len(model.classifier) > 1 and dropouts:  # VGG's classifier (or a gap head given dropout before)
+            for m in dropouts:
+                m.p = float(p)
+        elif p > 0:
+            linear = model.classifier[-1]
+            model.classifier = nn.Sequential(OrderedDict([("dropout", nn.Dropout(float(p))), ("0", linear)]))
         return model
 
     def fetch_weights(self, arch: str, weights: str, progress: bool = False) -> tuple[dict[str, Tensor], str]:
