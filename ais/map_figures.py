@@ -57,18 +57,20 @@ def image_figures(maps: Mapping[str, np.ndarray], masks: Mapping[str, np.ndarray
     :data:`ais.tables.AGREEMENT_REFERENCES`. With ``masks`` (``{"raise": bool
     (H, W), "lower": bool (H, W)}``): ``raise_fraction``, ``lower_fraction``
     and every AUC of :data:`ais.tables.LOCALIZATION_AUCS` (NaN where a mask is
-    empty or full); without, those are NaN and ``has_mask`` is False.
+    empty or full); without, those are NaN and ``has_mask`` is False. A
+    figure whose map is absent from ``maps`` (a method not computed) is NaN.
     """
     out: dict[str, Any] = {}
-    for ref in AGREEMENT_REFERENCES:
-        for metric, value in agreement.compare(maps["ais"], maps[ref]).items():
-            out[f"{metric}_{ref}"] = value
+    for ref in AGREEMENT_REFERENCES:  # NaN against a reference whose map was not computed
+        compared = agreement.compare(maps["ais"], maps[ref]) if ref in maps else dict.fromkeys(("cc", "sim", "kld"))
+        for metric, value in compared.items():
+            out[f"{metric}_{ref}"] = float("nan") if value is None else value
     out["has_mask"] = masks is not None
     out["raise_fraction"] = float(np.mean(masks["raise"])) if masks is not None else float("nan")
     out["lower_fraction"] = float(np.mean(masks["lower"])) if masks is not None else float("nan")
-    for name, (key, part, mask) in LOCALIZATION_AUCS.items():
+    for name, (key, part, mask) in LOCALIZATION_AUCS.items():  # NaN for a map not computed (optional methods)
         out[name] = (agreement.localization_auc(_part(maps[key], part), masks[mask])
-                     if masks is not None else float("nan"))
+                     if masks is not None and key in maps else float("nan"))
     return out
 
 

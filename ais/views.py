@@ -18,9 +18,14 @@ and the negative part of the direction map), ``dual`` (hue and strength from
 the direction map, saturation from helpfulness ``h`` = the AIS map: the
 colour is mixed with its own grey level in proportion ``(1 + h) / 2``, so
 helpful evidence is vivid, neutral half-saturated and harmful evidence
-grey), ``primary`` (the helpful-channels-only map, white to red, with the
-harmful regions, harmful map <= -``harm_threshold``, outlined in grey by a
-morphological edge) and ``gradcam`` / ``gradcampp`` (sequential, [0, 1]).
+grey), ``primary`` (the seed's primary map: helpful channels only,
+weighted by -Δy, red raises the output and blue lowers it, with the harmful
+regions, harmful map <= -``harm_threshold``, outlined in grey by a
+morphological edge), ``helpful`` (the former primary view: the helpful part
+of the AIS map, white to red, with the same outline), ``gradcam`` /
+``gradcampp`` (sequential, [0, 1]), ``saliency`` (|gradient|, sequential),
+``input_x_gradient`` (signed) and ``occlusion`` (signed: red where covering
+the region lowers the output).
 
 Add a view: one :func:`register_view` call (ARCHITECTURE.md).
 """
@@ -94,10 +99,20 @@ def _lowers(canvas: Any, maps: Mapping[str, np.ndarray], opt: DrawOptions) -> np
     return canvas.overlay(np.minimum(canvas.resize(maps["direction"]), 0.0))
 
 
-def _primary(canvas: Any, maps: Mapping[str, np.ndarray], opt: DrawOptions) -> np.ndarray:
+def _helpful(canvas: Any, maps: Mapping[str, np.ndarray], opt: DrawOptions) -> np.ndarray:
     if "helpful" in maps and "harmful" in maps:
         return canvas.primary(maps["helpful"], maps["harmful"], opt.harm_threshold)
     return canvas.primary(maps["ais"], np.minimum(maps["ais"], 0.0), opt.harm_threshold)
+
+
+def _primary(canvas: Any, maps: Mapping[str, np.ndarray], opt: DrawOptions) -> np.ndarray:
+    """The signed primary map (bwr) with the harmful regions outlined in grey."""
+    from ais.render.canvas import OUTLINE_GREY, outline
+
+    out = canvas.overlay(maps["primary"])
+    harmful = maps["harmful"] if "harmful" in maps else np.minimum(maps["ais"], 0.0)
+    out[outline(canvas.resize(harmful) <= -opt.harm_threshold)] = OUTLINE_GREY
+    return out
 
 
 for _view in (
@@ -111,11 +126,20 @@ for _view in (
          "the negative part of the direction map: what lowers the output"),
     View("dual", "dual", "dual", "dual", ("direction", "ais"), lambda c, m, o: c.dual(m["direction"], m["ais"]),
          "hue and strength from the direction map, saturation from helpfulness (the AIS map)"),
-    View("primary", "primary", "prim", "positive", ("ais",), _primary,
-         "helpful channels only (white to red), harmful regions outlined in grey"),
+    View("primary", "primary", "prim", "signed", ("primary", "ais"), _primary,
+         "helpful channels only, weighted by −Δy (red raises the output, blue lowers it), "
+         "harmful regions outlined in grey"),
+    View("helpful", "helpful", "help", "positive", ("ais",), _helpful,
+         "the helpful part of the AIS map (white to red), harmful regions outlined in grey"),
     View("gradcam", "Grad-CAM", "GC", "unit", ("gradcam",), lambda c, m, o: c.overlay(m["gradcam"], o.cmap),
          "Grad-CAM on its own [0, 1] scale"),
     View("gradcampp", "Grad-CAM++", "GC++", "unit", ("gradcampp",),
          lambda c, m, o: c.overlay(m["gradcampp"], o.cmap), "Grad-CAM++ on its own [0, 1] scale"),
+    View("saliency", "saliency", "sal", "unit", ("saliency",), lambda c, m, o: c.overlay(m["saliency"], o.cmap),
+         "|d output / d pixel|, max over colour channels, on its own [0, 1] scale"),
+    View("input_x_gradient", "input × gradient", "IxG", "signed", ("input_x_gradient",),
+         lambda c, m, o: c.overlay(m["input_x_gradient"]), "input × gradient summed over colour channels (signed)"),
+    View("occlusion", "occlusion", "occ", "signed", ("occlusion",), lambda c, m, o: c.overlay(m["occlusion"]),
+         "occlusion sensitivity (red: covering the region lowers the output, blue: raises it)"),
 ):
     register_view(_view)

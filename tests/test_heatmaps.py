@@ -1,4 +1,4 @@
-"""AIS map, Grad-CAM and Grad-CAM++: hand-computed values, Captum as oracle, hooks released."""
+"""AIS map, primary map, Grad-CAM and Grad-CAM++: hand-computed values, Captum as oracle, hooks released."""
 
 from __future__ import annotations
 
@@ -221,11 +221,12 @@ def test_compute_maps_and_save_load(tmp_path, vgg11, images):
     rng = np.random.default_rng(0)
     inputs = {"ais_weights": rng.normal(size=(2, 512)), "direction_weights": rng.normal(size=(2, 512))}
     maps = compute_maps(vgg11, "features.18", images, inputs, with_scales=True)
-    for key in ("ais", "helpful", "harmful", "direction", "gradcam", "gradcampp"):
+    for key in ("ais", "helpful", "harmful", "direction", "gradcam", "gradcampp", "primary", "saliency",
+                "input_x_gradient", "occlusion"):
         assert maps[key].shape == (2, 64, 64) and maps[key].dtype == np.float32
         assert maps[f"{key}_scale"].shape == (2,)
         assert np.abs(maps[key]).max() <= 1.0 + 1e-6
-    assert maps["gradcam"].min() >= 0 and maps["gradcampp"].min() >= 0
+    assert maps["gradcam"].min() >= 0 and maps["gradcampp"].min() >= 0 and maps["saliency"].min() >= 0
     assert maps["helpful"].min() >= 0 and maps["harmful"].max() <= 0
     shared = np.maximum(np.abs(maps["helpful"]).max((1, 2)), np.abs(maps["harmful"]).max((1, 2)))
     np.testing.assert_allclose(shared, 1.0)  # one scale for both
@@ -238,3 +239,55 @@ def test_compute_maps_and_save_load(tmp_path, vgg11, images):
     assert list(loaded["image_id"]) == ["a", "b"]
     np.testing.assert_allclose(loaded["ais"], maps["ais"], atol=1e-3)  # float16
     assert [p.name for p in path.parent.iterdir()] == ["shard-0.npz"]  # no temporary left
+
+
+# ---------------------------------------------------------------------------- the seed's primary map
+
+
+def test_primary_map_by_hand_helpful_channels_signed_by_direction():
+    # channel 0 helpful (AIS > 0) with -Δy = -0.5 (it lowers the output); channel 1 harmful: left out.
+    # ReLU(A0) = [[0, 0], [1, 2]] -> primary = -0.5 * ReLU(A0) = [[0, 0], [-0.5, -1]], scale 1.
+    model = tiny_net()
+    inputs = {"ais_weights": torch.tensor([[1.0, -1.0]]), "direction_weights": torch.tensor([[-0.5, 3.0]])}
+    maps = compute_maps(model, conv_of(model), X2, inputs, methods=["ais", "primary"], with_scales=True)
+    np.testing.assert_allclose(maps["primary"][0], [[0.0, 0.0], [-0.5, -1.0]])
+    np.testing.assert_allclose(maps["primary_scale"], [1.0])
+    # flipping the direction flips the colours; making channel 0 harmful empties the map
+    flipped = compute_maps(model, conv_of(model), X2, {**inputs, "direction_weights": -inputs["direction_weights"]},
+                           methods=["primary"])
+    np.testing.assert_allclose(flipped["primary"], -maps["primary"])
+    none = compute_maps(model, conv_of(model), X2, {**inputs, "ais_weights": -torch.ones(1, 2)}, methods=["primary"])
+    assert np.count_nonzero(none["primary"]) == 0
+    # the existing maps are unchanged by the new method: AIS, helpful and harmful as before
+    alone = compute_maps(model, conv_of(model), X2, inputs, methods=["ais"])
+    for key in ("ais", "helpful", "harmful"):
+        np.testing.assert_array_equal(alone[key], maps[key])
+
+
+def test_optional_methods_and_their_schema_enum():
+    from ais.config import load_schema, validate_config
+    from ais.methods import configured_methods, get_method, list_methods
+    from ais.tables import LOCALIZATION_AUCS
+
+    optional = [m for m in list_methods() if get_method(m).optional]
+    assert optional == ["occlusion"]
+    heat = load_schema()["properties"]["heatmaps"]["properties"]
+    assert heat["optional_methods"]["items"]["enum"] == optional
+    assert "occlusion" not in configured_methods() and "occlusion" in configured_methods(["occlusion"])
+    assert configured_methods()[:4] == ["ais", "direction", "gradcam", "gradcampp"]  # the existing maps first
+    with pytest.raises(ValueError, match="optional_methods"):
+        configured_methods(["gradcam"])
+    assert validate_config({})["heatmaps"]["optional_methods"] == []
+    assert {"primary_pos_auc", "saliency_auc", "occlusion_pos_auc", "input_x_gradient_neg_auc"} <= set(LOCALIZATION_AUCS)
+
+
+def test_image_figures_leave_an_uncomputed_map_null():
+    from ais.map_figures import image_figures
+
+    rng = np.random.default_rng(0)
+    maps = {k: rng.uniform(0, 1, (6, 6)) for k in ("ais", "helpful", "harmful", "direction", "gradcam", "gradcampp",
+                                                   "primary", "saliency", "input_x_gradient")}
+    masks = {"raise": np.eye(6, dtype=bool), "lower": np.eye(6, dtype=bool)[::-1]}
+    out = image_figures(maps, masks)
+    assert np.isnan(out["occlusion_pos_auc"]) and np.isfinite(out["primary_pos_auc"])
+    assert np.isfinite(out["cc_saliency"])

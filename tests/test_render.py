@@ -87,6 +87,38 @@ def test_outline_and_primary():
     assert out[0, 0].tolist() == [162, 162, 162]
 
 
+def test_primary_view_is_signed_with_the_harmful_outline():
+    """The seed's primary map: red raises, blue lowers (helpful channels only), harmful regions outlined."""
+    mask = np.zeros((8, 8), bool)
+    mask[2:6, 2:6] = True
+    primary = np.zeros((8, 8), np.float32)
+    primary[0, 0], primary[7, 7] = 1.0, -1.0
+    maps = {"ais": np.zeros((8, 8), np.float32), "harmful": np.where(mask, -1.0, 0.0).astype(np.float32),
+            "primary": primary}
+    tiles = render.views(image(), maps, alpha=1.0, keys=["primary", "helpful"])
+    out = tiles["primary"]
+    assert out[0, 0].tolist() == [255, 0, 0] and out[7, 7].tolist() == [0, 0, 255]  # both signs drawn
+    edge = render.outline(mask)
+    assert out[edge].tolist() == [list(render.OUTLINE_GREY)] * int(edge.sum())
+    assert out[0, 1].tolist() == [255, 255, 255]
+    assert get_view("primary").scale == "signed" and get_view("helpful").scale == "positive"
+    # the former primary view lives on as "helpful": positive part of the AIS helpful map only
+    helpful = render.views(image(), {**maps, "helpful": np.full((8, 8), 0.0)}, alpha=1.0, keys=["helpful"])
+    assert helpful["helpful"][edge].tolist() == [list(render.OUTLINE_GREY)] * int(edge.sum())
+    assert "primary" not in render.views(image(), {"ais": maps["ais"]})  # needs the primary map
+
+
+def test_gradient_and_occlusion_views():
+    maps = {"saliency": np.array([[0.0, 1.0]]), "input_x_gradient": np.array([[-1.0, 1.0]]),
+            "occlusion": np.array([[1.0, -1.0]])}
+    tiles = render.views(image(1, 2), maps, alpha=1.0)
+    assert list(tiles) == ["image", "saliency", "input_x_gradient", "occlusion"]
+    assert tiles["saliency"].tolist() == [render.lut("jet")[[0, 255]].tolist()]
+    assert tiles["input_x_gradient"].tolist() == [[[0, 0, 255], [255, 0, 0]]]
+    assert tiles["occlusion"].tolist() == [[[255, 0, 0], [0, 0, 255]]]
+    assert [get_view(k).scale for k in ("saliency", "input_x_gradient", "occlusion")] == ["unit", "signed", "signed"]
+
+
 def random_maps(rng: np.random.Generator, h: int = 14, w: int = 14) -> dict[str, np.ndarray]:
     ais = rng.uniform(-1, 1, (h, w)).astype(np.float32)
     return {
@@ -96,6 +128,10 @@ def random_maps(rng: np.random.Generator, h: int = 14, w: int = 14) -> dict[str,
         "direction": rng.uniform(-1, 1, (h, w)).astype(np.float32),
         "gradcam": rng.uniform(0, 1, (h, w)).astype(np.float32),
         "gradcampp": rng.uniform(0, 1, (h, w)).astype(np.float32),
+        "primary": rng.uniform(-1, 1, (h, w)).astype(np.float32),
+        "saliency": rng.uniform(0, 1, (h, w)).astype(np.float32),
+        "input_x_gradient": rng.uniform(-1, 1, (h, w)).astype(np.float32),
+        "occlusion": rng.uniform(-1, 1, (h, w)).astype(np.float32),
     }
 
 
@@ -105,7 +141,7 @@ def test_panel_layout_and_determinism(tmp_path):
     maps = random_maps(rng)
     a = render.panel(img, maps)
     b = render.panel(img.copy(), {k: v.copy() for k, v in maps.items()})
-    n = 9  # image, AIS, direction, raises, lowers, dual, primary, Grad-CAM, Grad-CAM++
+    n = 13  # image, AIS, direction, raises, lowers, dual, primary, helpful, Grad-CAM, Grad-CAM++, saliency, IxG, occlusion
     assert a.shape == (render.TITLE_HEIGHT + 32, n * 40 + (n - 1) * render.GAP, 3) and a.dtype == np.uint8
     assert np.array_equal(a, b)
     assert np.array_equal(a[render.TITLE_HEIGHT:, :40], img)

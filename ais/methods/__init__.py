@@ -8,6 +8,12 @@ maps from the one shared capture (:meth:`LayerMap.raw_maps`).
 :func:`compute_maps` runs the configured methods over a batch with one
 forward pass (and one backward pass when any method needs gradients).
 
+Methods that are not CAMs run the model on the input batch themselves
+(``Capture.x``): gradient importance (:mod:`~ais.methods.gradients`) and
+occlusion (:mod:`~ais.methods.occlusion`, ``optional``: computed only when
+listed, :func:`configured_methods`); their options come in
+``inputs["options"]``.
+
 Add a method: one module with a ``LayerMap`` subclass and one
 :func:`register_method` call (ARCHITECTURE.md).
 """
@@ -25,7 +31,7 @@ if TYPE_CHECKING:
     from ais.methods.base import LayerMap
     from ais.targets import Target
 
-__all__ = ["compute_maps", "get_method", "list_methods", "map_keys", "register_method", "unregister_method"]
+__all__ = ["compute_maps", "configured_methods", "get_method", "list_methods", "map_keys", "register_method", "unregister_method"]
 
 _METHODS: Registry[type["LayerMap"]] = Registry("map method")
 
@@ -48,6 +54,19 @@ def list_methods() -> list[str]:
     return _METHODS.names()
 
 
+def configured_methods(optional: Sequence[str] = ()) -> list[str]:
+    """The methods a run computes: every registered one, the costly ``optional`` ones only when listed.
+
+    ``optional`` is the config's ``heatmaps.optional_methods``; a name that is
+    not an optional method is refused.
+    """
+    known = [m for m in list_methods() if get_method(m).optional]
+    unknown = sorted(set(optional) - set(known))
+    if unknown:
+        raise ValueError(f"heatmaps.optional_methods: {unknown} are not optional methods; known: {known}")
+    return [m for m in list_methods() if not get_method(m).optional or m in optional]
+
+
 def map_keys(methods: Sequence[str] | None = None) -> tuple[str, ...]:
     """The map arrays the methods write, in method order."""
     return tuple(k for m in (methods or list_methods()) for k in get_method(m).map_names())
@@ -68,7 +87,9 @@ def compute_maps(
     One capture serves every method. ``inputs`` holds what the methods need
     beyond the model: ``ais_weights`` (N, C), the image's fused AIS scores
     (data-set-level scores for unlabelled images), and ``direction_weights``
-    (N, C), -Δy per channel. Every map is divided by its method's scale per
+    (N, C), -Δy per channel, and ``options``: the config's ``heatmaps`` section, whose
+    blocks (``occlusion``, ``gradients``) hold the options of the methods that
+    run the model on ``x`` themselves. Every map is divided by its method's scale per
     image (:meth:`LayerMap.scales`: its own max |value|; AIS's ``helpful`` and
     ``harmful`` share one). With ``with_scales`` the divisors are added as
     ``<map>_scale`` arrays ``(N,)``.
@@ -76,8 +97,8 @@ def compute_maps(
     from ais.methods.base import normalize_max_abs
 
     instances = [get_method(m)(model, target_layer, target, family) for m in (methods or list_methods())]
-    gradients = any(m.uses_gradients for m in instances)
-    cap = instances[0].capture(x, gradients=gradients)
+    needs_grad = any(m.uses_gradients for m in instances)
+    cap = instances[0].capture(x, gradients=needs_grad)
     size = tuple(x.shape[-2:])
     out: dict[str, np.ndarray] = {}
     for method in instances:
@@ -90,3 +111,4 @@ def compute_maps(
 
 
 from ais.methods import ais_map, direction, gradcam, gradcampp  # noqa: E402,F401  (register the built-ins)
+from ais.methods import primary, gradients, occlusion  # noqa: E402,F401

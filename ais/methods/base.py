@@ -29,8 +29,9 @@ kept, an all-zero map stays zero), never by a min-max range.
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, ClassVar, Mapping
+from typing import Any, ClassVar, Iterator, Mapping
 
 import numpy as np
 import torch
@@ -48,13 +49,15 @@ class Capture:
     ``output`` (N, K): model output. ``conv`` (N, C, h, w): the layer's
     output. ``activation`` (N, C, h, w): its post-ReLU activation.
     ``grad`` (N, C, h, w): d target_n / d conv_n, or None when no gradient
-    was asked for.
+    was asked for. ``x`` (N, 3, H, W): the input batch, for methods that run
+    the model themselves (occlusion, input gradients).
     """
 
     output: Tensor
     conv: Tensor
     activation: Tensor
     grad: Tensor | None
+    x: Tensor | None = None
 
 
 class LayerMap:
@@ -67,7 +70,9 @@ class LayerMap:
     ``scale_column`` (its max |value| is a column of the figures table),
     ``localization`` (``{column: (map, part, mask)}`` AUCs it is scored by on
     masks), ``agreement_reference`` (|AIS| is compared with it) and
-    ``description`` (one sentence for the report). How it computes:
+    ``description`` (one sentence for the report), ``optional`` (costly:
+    computed only when listed in ``heatmaps.optional_methods``; its maps,
+    figures and views are absent otherwise). How it computes:
     ``source`` (``"activation"``: post-ReLU, ``"conv"``: the layer output),
     ``relu`` (ReLU of the summed map) and :meth:`channel_weights`.
     """
@@ -81,6 +86,7 @@ class LayerMap:
     localization: ClassVar[Mapping[str, tuple[str, str, str]]] = {}
     agreement_reference: ClassVar[bool] = False
     description: ClassVar[str] = ""
+    optional: ClassVar[bool] = False
     source: ClassVar[str] = "activation"
     relu: ClassVar[bool] = False
 
@@ -90,9 +96,12 @@ class LayerMap:
 
         self.model = model
         self.layer = _submodule(model, target_layer)
-        if not isinstance(self.layer, nn.Conv2d):
-            raise TypeError(f"target layer must be an nn.Conv2d, got {type(self.layer).__name__}")
-        self.pre_activation = (family or Family()).activation_module(model, self.layer)
+        family = family or Family()  # without a family: plain-CNN defaults, every nn.Conv2d
+        explainable = set(family.explainable_layers(model))
+        if not any(m is self.layer and name in explainable for name, m in model.named_modules()):
+            raise TypeError(f"target layer must be an explainable layer of the model ({family.layer_kind}), "
+                            f"got {type(self.layer).__name__}")
+        self.pre_activation = family.activation_module(model, self.layer)
         self.target: Target = target if target is not None else RegressionTarget()
 
     @property
@@ -122,7 +131,8 @@ class LayerMap:
                 conv = kept["conv"]
                 grad = self._gradient(output, conv, len(x)) if gradients else None
                 activation = F.relu(kept.get("pre", conv).detach())
-            return Capture(output=output.detach(), conv=conv.detach(), activation=activation, grad=grad)
+            return Capture(output=output.detach(), conv=conv.detach(), activation=activation, grad=grad,
+                           x=x.detach())
         finally:
             hooks.remove()
             for m, training in modes.items():
@@ -171,6 +181,27 @@ class LayerMap:
     def __call__(self, x: Tensor, channel_weights: Tensor | np.ndarray | None = None) -> Tensor:
         """Map of ``x`` (N, 3, H, W) divided by its max |value| per image, ``(N, H, W)`` in [-1, 1]."""
         return normalize_max_abs(self.attribute(x, channel_weights))
+
+
+@contextmanager
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """The model in eval mode inside the block; every module's training flag restored afterwards."""
+    modes = {m: m.training for m in model.modules()}
+    try:
+        model.eval()
+        yield model
+    finally:
+        for m, training in modes.items():
+            m.train(training)
+
+
+def method_options(inputs: Mapping[str, Any], key: str, defaults: Mapping[str, Any]) -> dict[str, Any]:
+    """A method's options: ``defaults`` updated by ``inputs["options"][key]`` (the config's block); unknown keys refused."""
+    given = dict((inputs.get("options") or {}).get(key) or {})
+    unknown = sorted(set(given) - set(defaults))
+    if unknown:
+        raise ValueError(f"heatmaps.{key}: unknown option(s) {unknown}; known: {sorted(defaults)}")
+    return {**defaults, **given}
 
 
 def _submodule(model: nn.Module, layer: nn.Module | str) -> nn.Module:

@@ -36,6 +36,7 @@ class ReportData:
     benchmarks: pd.DataFrame
     gallery: Mapping[str, list[str]]
     config: Mapping[str, Any] = field(default_factory=dict)
+    split_notes: list[str] = field(default_factory=list)  # what intake's split did beyond the sheet
 
 
 def report_words(config: Mapping[str, Any]) -> TaskWords:

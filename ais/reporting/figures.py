@@ -24,14 +24,42 @@ SPLIT_COLOURS = {"train": "#9aa5b1", "val": "#e69f00", "test": "#0072b2", "unlab
 
 
 def draw_figures(data: ReportData, words: TaskWords) -> dict[str, bytes]:
-    """Every figure the report draws itself, by name (the page's and Snakemake's report's names)."""
-    return {
+    """Every figure the report draws itself, by name (the page's and Snakemake's report's names).
+
+    ``uncertainty`` only when Monte-Carlo dropout sampled the predictions.
+    """
+    figures = {
         "scores": figure_scores(data.manifest, words),
         "predicted": figure_predicted(data.predictions, data.metrics, words),
         "channel_scores": figure_channel_scores(data.scores["ais_score"].to_numpy(dtype=float), data.channels),
         "agreement": figure_agreement(data.agreement),
         "colour_scale": figure_colour_scale(words),
     }
+    if "mc_std" in data.predictions and data.predictions["mc_std"].notna().any():
+        figures["uncertainty"] = figure_uncertainty(data.predictions, words)
+    return figures
+
+
+def figure_uncertainty(predictions: pd.DataFrame, words: TaskWords) -> bytes:
+    """Monte-Carlo dropout standard deviation against the absolute error, per labelled split, SRCC of test."""
+    from ais.uncertainty import spearman
+
+    fig = _figure(4.6, 3.6)
+    ax = fig.add_subplot()
+    rows = predictions[predictions["mc_std"].notna() & predictions["y_true"].notna()]
+    error = (rows["y_pred"] - rows["y_true"]).abs()
+    for split in LABELLED_SPLITS:
+        sel = (rows["split"] == split).to_numpy()
+        if sel.any():
+            ax.scatter(error[sel], rows["mc_std"][sel], s=10, alpha=0.7, color=SPLIT_COLOURS[split],
+                       label=f"{split} ({int(sel.sum())})", linewidths=0)
+    test = (rows["split"] == "test").to_numpy()
+    rho = spearman(rows["mc_std"][test], error[test])
+    ax.set_title(f"test SRCC(std, |error|) = {rho:.3f}" if rho is not None else "test SRCC: n/a", fontsize=9)
+    ax.set_xlabel(f"|{words.predicted} − {words.true}|")
+    ax.set_ylabel("MC dropout standard deviation")
+    ax.legend(fontsize=7, frameon=False)
+    return _png(fig)
 
 
 def figure_scores(manifest: pd.DataFrame, words: TaskWords) -> bytes:

@@ -27,12 +27,13 @@ Panels = Mapping[str, Sequence[tuple[str, bytes]]]
 
 
 def render_page(summary: Mapping[str, Any], figures: Mapping[str, bytes], panels: Panels,
-                files: Mapping[str, str], page_dir: Path, words: TaskWords) -> str:
+                files: Mapping[str, str], page_dir: Path, words: TaskWords, review: Panels | None = None) -> str:
     """The report page: ``summary`` (:func:`ais.reporting.summary.summarize`) with every figure embedded.
 
     ``panels`` are the gallery's per-image panels by group, ``files`` the
     linked tables by label (``"rejected rows"`` is also linked from the data
-    section), ``page_dir`` the folder the page is written to.
+    section), ``page_dir`` the folder the page is written to, ``review`` the
+    panels of the most uncertain images (Monte-Carlo dropout).
     """
     run, data, training, fusion, maps = (summary[k] for k in ("run", "data", "training", "fusion", "heatmaps"))
     parts = [
@@ -42,9 +43,10 @@ def render_page(summary: Mapping[str, Any], figures: Mapping[str, bytes], panels
         *training_section(training, figures, words),
         *channels_section(fusion, figures, words),
         *top_section(fusion, figures),
-        *gallery_section(figures, panels, words),
+        *gallery_section(figures, panels, words, (run.get("config") or {}).get("heatmaps", {}).get("views")),
         *agreement_section(maps["agreement"], figures),
         *localization_section(maps["localization"]),
+        *uncertainty_section(summary.get("uncertainty") or {}, figures, review or {}, words),
         *files_section(files, page_dir),
     ]
     return "\n".join(parts)
@@ -61,7 +63,8 @@ def head(run: Mapping[str, Any], data: Mapping[str, Any], training: Mapping[str,
         f'on {fmt(training.get("device"))}; {fmt(data["n_images"])} images.</p>',
         '<nav><a href="#run">Run</a><a href="#data">Data</a><a href="#training">Training</a>'
         '<a href="#channels">Channel scores</a><a href="#top">Top channels</a><a href="#gallery">Heatmaps</a>'
-        '<a href="#agreement">Agreement</a><a href="#localization">Localisation</a><a href="#files">Files</a></nav>',
+        '<a href="#agreement">Agreement</a><a href="#localization">Localisation</a>'
+        '<a href="#uncertainty">Uncertainty</a><a href="#files">Files</a></nav>',
     ]
 
 
@@ -90,6 +93,7 @@ def data_section(data: Mapping[str, Any], figures: Mapping[str, bytes], rejected
              f"<p>Labelled images: {fmt(data['n_labelled'])}; {words.score} mean {fmt(score['mean'])}, "
              f"sd {fmt(score['sd'])}, range {fmt(score['min'])} to {fmt(score['max'])}. "
              f"Rejected rows: {fmt(data['n_rejected'])}{rejected_link}.</p>"]
+    parts += [f"<p><b>Split:</b> {html.escape(note)}</p>" for note in data.get("split_notes", [])]
     if data["rejected_reasons"]:
         parts.append(table(["reason", "rows"], sorted(data["rejected_reasons"].items(), key=lambda kv: -kv[1])))
     parts.append(img(figures["scores"], "score distribution", f"{words.score.capitalize()}s per split."))
@@ -161,14 +165,27 @@ def top_section(fusion: Mapping[str, Any], figures: Mapping[str, bytes]) -> list
     return parts
 
 
-def gallery_section(figures: Mapping[str, bytes], panels: Panels, words: TaskWords) -> list[str]:
-    """How the maps are drawn, the colour scale, the gallery and the per-image panels by group."""
+def views_part(views: Sequence[str] | None) -> list[str]:
+    """The views in the panels and the gallery, in panel order, with what each one shows."""
+    from ais.views import get_view, list_views
+
+    rows = [[get_view(v).title, get_view(v).description] for v in (views or list_views())]
+    return ["<p>The views, in panel order (a view whose maps were not computed is left out):</p>",
+            table(["view", "what it shows"], rows)]
+
+
+def gallery_section(figures: Mapping[str, bytes], panels: Panels, words: TaskWords,
+                    views: Sequence[str] | None = None) -> list[str]:
+    """How the maps are drawn, the views, the colour scale, the gallery and the per-image panels by group."""
     parts = ['<h2 id="gallery">Heatmaps</h2>',
              "<p>Maps are divided by their maximum absolute value into [&minus;1, 1] and drawn over the image "
              "(60 % image, 40 % map) with a red&ndash;blue scale centred at 0. <b>AIS</b>: the layer's ReLU "
              "activations weighted by the image's AIS scores (red: helpful channels, blue: harmful). "
              f"<b>Direction</b>: weighted by &minus;&Delta;y (red: {words.raises}, blue: lowers it). "
-             "Grad-CAM uses its own [0, 1] scale.</p>",
+             "<b>Primary</b> (the seed's primary map): only the helpful channels (&Delta;error &gt; 0), "
+             f"weighted by &minus;&Delta;y (red: {words.raises}, blue: lowers it), harmful regions outlined in grey. "
+             "Grad-CAM and saliency use their own [0, 1] scale.</p>",
+             *views_part(views),
              img(figures["colour_scale"], "colour scale", "The signed colour scale."),
              img(figures["gallery"], "heatmap gallery", "Best-, median- and worst-predicted images.")]
     for group, shown in panels.items():
@@ -181,8 +198,9 @@ def agreement_section(agreement: Mapping[str, Any], figures: Mapping[str, bytes]
     """CC, SIM and KLD between |AIS| and Grad-CAM over images."""
     rows = [[name, block["n"], block["mean"], block["median"]]
             for name, block in agreement.items() if isinstance(block, Mapping)]
-    return ['<h2 id="agreement">Agreement between AIS and Grad-CAM</h2>',
-            "<p>Per image, |AIS| against Grad-CAM as saliency benchmarks define them: CC (Pearson), "
+    return ['<h2 id="agreement">Agreement between AIS and the reference maps</h2>',
+            "<p>Per image, |AIS| against each reference map (<i>metric_reference</i>: Grad-CAM, Grad-CAM++, "
+            "saliency) as saliency benchmarks define them: CC (Pearson), "
             "SIM (histogram intersection of the normalised maps) and KLD (Kullback-Leibler divergence, "
             "lower is closer).</p>",
             table(["metric", "images", "mean", "median"], rows),
@@ -199,6 +217,29 @@ def localization_section(loc: Mapping[str, Any]) -> list[str]:
                   table(["key", "AUC"], aucs)]
     else:
         parts.append(f"<p>No ground-truth masks in this data set: {fmt(loc.get('reason', 'not computed'))}.</p>")
+    return parts
+
+
+def uncertainty_section(unc: Mapping[str, Any], figures: Mapping[str, bytes], review: Panels,
+                        words: TaskWords) -> list[str]:
+    """Monte-Carlo dropout: std against |error| with their Spearman correlation, the most uncertain images."""
+    parts = ['<h2 id="uncertainty">Uncertainty (Monte-Carlo dropout)</h2>']
+    if unc.get("status") != "sampled" or not unc.get("n_images"):
+        return parts + [f"<p>Not sampled ({fmt(unc.get('status', 'not recorded'))}): "
+                        f"{html.escape(str(unc.get('reason') or 'no Monte-Carlo dropout columns'))}.</p>"]
+    parts += [f"<p>{fmt(unc['mc_samples'])} samples per image with the dropout layers "
+              f"({html.escape(', '.join(unc.get('dropout_layers', [])))}) sampling and everything else in eval "
+              f"mode. Spearman correlation of the standard deviation with the absolute error on the test split "
+              f"({fmt(unc.get('test_n'))} images): {fmt(unc.get('test_srcc_std_abs_error'))}.</p>"]
+    if "uncertainty" in figures:
+        parts.append(img(figures["uncertainty"], "uncertainty against error",
+                         "Monte-Carlo dropout standard deviation against the absolute error, per split."))
+    parts += ["<p>Most uncertain images, for review:</p>",
+              table(["image", "split", words.true, words.predicted, "MC mean", "MC std", "|error|"],
+                    [[r["image_id"], r["split"], r["y_true"], r["y_pred"], r["mc_mean"], r["mc_std"], r["abs_error"]]
+                     for r in unc.get("review", [])])]
+    for _, shown in review.items():
+        parts += [img(png, f"uncertain: {image_id}", f"most uncertain: {image_id}") for image_id, png in shown]
     return parts
 
 

@@ -1,7 +1,7 @@
 """``summary.json``'s content: the report's key figures as plain JSON values.
 
 :func:`summarize` is the whole summary, one block per part of the workflow
-(run, data, training, fusion, top channel crops, heatmaps). Wall time per
+(run, data, training, fusion, top channel crops, heatmaps, uncertainty). Wall time per
 stage comes from the rules' benchmark files: per stage the number of jobs,
 the sum of their seconds (compute) and the longest job (:func:`stage_times`).
 The run block (git revision and library versions of the fine-tuning, the
@@ -27,6 +27,7 @@ STAGES = {
     "demo": "demo data",
     "data": "intake",
     "model": "fine-tune",
+    "export": "ONNX export",
     "ablation": "ablation",
     "fusion": "fusion",
     "heatmaps": "heatmaps",
@@ -35,13 +36,15 @@ STAGES = {
 
 #: Channels listed per direction (helpful, harmful) in the summary.
 N_TOP = 10
+#: Most uncertain images (Monte-Carlo dropout) listed for review, with their panels.
+N_REVIEW = 6
 
 
 def summarize(data: ReportData) -> dict[str, Any]:
     """The report's key figures as plain JSON values (``summary.json``)."""
     return {
         "run": run_block(data),
-        "data": data_block(data.manifest, data.rejected),
+        "data": data_block(data.manifest, data.rejected, data.split_notes),
         "training": training_block(data.metrics, data.predictions),
         "fusion": fusion_block(data.fusion, data.channels, data.scores["quadrant"]),
         "top_channel_crops": {
@@ -49,6 +52,7 @@ def summarize(data: ReportData) -> dict[str, Any]:
             "n_crops": int(len(data.crops)),
         },
         "heatmaps": heatmaps_block(data.agreement, data.localization, data.gallery),
+        "uncertainty": uncertainty_block(data.metrics, data.predictions, data.agreement),
     }
 
 
@@ -80,8 +84,8 @@ def stage_times(bench: pd.DataFrame) -> list[dict[str, Any]]:
     return out
 
 
-def data_block(manifest: pd.DataFrame, rejected: pd.DataFrame) -> dict[str, Any]:
-    """Images per split, labelled images and their scores, rejected rows and why."""
+def data_block(manifest: pd.DataFrame, rejected: pd.DataFrame, split_notes: list[str] = ()) -> dict[str, Any]:
+    """Images per split, labelled images and their scores, rejected rows and why, notes on the split."""
     counts = manifest["split"].value_counts()
     reasons = rejected["reason"].value_counts() if "reason" in rejected.columns else pd.Series(dtype=int)
     return {
@@ -91,6 +95,7 @@ def data_block(manifest: pd.DataFrame, rejected: pd.DataFrame) -> dict[str, Any]
         "score": describe(manifest["y_true"]),
         "n_rejected": int(len(rejected)),
         "rejected_reasons": {str(k): int(v) for k, v in reasons.items()},
+        "split_notes": list(split_notes),
     }
 
 
@@ -147,6 +152,39 @@ def heatmaps_block(agreement: pd.DataFrame, localization: Mapping[str, Any],
         "agreement": agreement_out,
         "localization": aucs | {k: v for k, v in localization.items() if k not in LOCALIZATION_AUCS},
         "gallery": {group: list(ids) for group, ids in gallery.items()},
+    }
+
+
+def uncertainty_block(metrics: Mapping[str, Any], predictions: pd.DataFrame, agreement: pd.DataFrame,
+                      n_review: int = N_REVIEW) -> dict[str, Any]:
+    """Monte-Carlo dropout: what was done (or why not), SRCC(std, |error|) on the test split, the review list.
+
+    The review list holds the ``n_review`` most uncertain images (largest
+    ``mc_std``, ties by image id), among those with heatmap panels when any
+    has a spread (their panels are shown), else among all images.
+    """
+    from ais.uncertainty import spearman
+
+    info = dict(metrics.get("uncertainty") or {"status": "not recorded", "reason": "metrics.json has no "
+                                                "uncertainty block: the model was trained before Monte-Carlo dropout"})
+    out: dict[str, Any] = {"status": info.get("status"), "reason": info.get("reason"),
+                           "mc_samples": info.get("mc_samples", 0), "dropout_layers": info.get("dropout_layers", [])}
+    if "mc_std" not in predictions or predictions["mc_std"].notna().sum() == 0:
+        return out | {"n_images": 0, "review": []}
+    sampled = predictions[predictions["mc_std"].notna()].copy()
+    sampled["abs_error"] = (sampled["y_pred"] - sampled["y_true"]).abs()
+    test = sampled[(sampled["split"] == "test") & sampled["abs_error"].notna()]
+    pool = sampled[sampled["image_id"].isin(agreement["image_id"])] if len(agreement) else sampled.iloc[:0]
+    pool = pool if len(pool) else sampled
+    review = pool.sort_values(["mc_std", "image_id"], ascending=[False, True], kind="mergesort").head(n_review)
+    return out | {
+        "n_images": int(len(sampled)),
+        "std": describe(sampled["mc_std"]),
+        "test_n": int(len(test)),
+        "test_srcc_std_abs_error": spearman(test["mc_std"], test["abs_error"]),
+        "review": [{"image_id": str(r.image_id), "split": str(r.split), "y_true": _num(r.y_true),
+                    "y_pred": float(r.y_pred), "mc_mean": _num(r.mc_mean), "mc_std": float(r.mc_std),
+                    "abs_error": _num(r.abs_error)} for r in review.itertuples()],
     }
 
 

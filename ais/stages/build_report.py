@@ -23,7 +23,7 @@ from typing import Any, Mapping, Sequence
 
 import pandas as pd
 
-from ais.io import write_bytes, write_json, write_text
+from ais.io import read_metadata, write_bytes, write_json, write_text
 from ais.reporting.data import ReportData, report_words
 from ais.reporting.figures import draw_figures
 from ais.reporting.page import render_page
@@ -74,10 +74,13 @@ def run(inputs: ReportInputs, out_html: str, out_summary: str,
     summary = summarize(data)
     figures = draw_figures(data, words) | read_figures(inputs)
     panels = read_panels(data.agreement, data.gallery, inputs.panels)
+    review = read_panels(data.agreement, {"uncertain": [r["image_id"] for r in summary["uncertainty"]["review"]]},
+                         inputs.panels)
     for name, path in (figure_paths or {}).items():
         write_bytes(path, figures[name])
     page_dir = Path(out_html).parent
-    write_text(out_html, render_page(summary, figures, panels, linked_files(inputs, page_dir), page_dir, words))
+    write_text(out_html, render_page(summary, figures, panels, linked_files(inputs, page_dir), page_dir, words,
+                                     review))
     write_json(out_summary, summary)
     logger.info("report written to %s in %.1f s", out_html, time.perf_counter() - t0)
     return summary
@@ -103,6 +106,7 @@ def read_inputs(inputs: ReportInputs) -> ReportData:
     """Every table and value the summary, the figures and the page need."""
     return ReportData(
         manifest=pd.read_parquet(inputs.manifest),
+        split_notes=list(read_metadata(inputs.manifest).get("split_notes") or []),
         rejected=read_rejected(inputs.rejected),
         metrics=_read_json(inputs.metrics),
         predictions=pd.read_parquet(inputs.predictions),
