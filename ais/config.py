@@ -2,7 +2,9 @@
 
 Validation fills in the schema's defaults and turns every violation into one
 message that names the key (``data.splits.train``), what is wrong and what
-to do, before any job runs.
+to do, before any job runs. Text where the schema wants a number, a boolean,
+a list or a mapping is read as a YAML value first (:func:`coerce_text`):
+Snakemake's ``--config ablation='{shards: 4}'`` delivers nested values as text.
 """
 
 from __future__ import annotations
@@ -10,7 +12,11 @@ from __future__ import annotations
 import copy
 import difflib
 import functools
+import json
+import math
 import os
+import re
+import tempfile
 from importlib import resources
 from pathlib import Path
 from typing import Any, Mapping
@@ -67,6 +73,36 @@ def _fill_defaults(instance: Any, schema: Mapping[str, Any]) -> None:
             _fill_defaults(instance[key], sub)
 
 
+_NUMBER = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
+
+
+def coerce_text(instance: Any, schema: Mapping[str, Any]) -> Any:
+    """``instance`` with text the schema does not accept read as YAML where that gives a non-text value.
+
+    Snakemake parses ``--config key=value`` values with a YAML loader that
+    keeps every nested scalar as text (``{shards: 4}`` -> ``{"shards": "4"}``,
+    ``{augment: false}`` -> ``{"augment": "false"}``). Text that is valid where
+    it stands (a file name, ``auto``) is kept; other text becomes the YAML value
+    it spells, so that range errors name the real problem (``0 is less than the
+    minimum of 1``) rather than the type. Mappings and lists are walked.
+    """
+    if isinstance(instance, dict):
+        props = schema.get("properties", {})
+        return {k: coerce_text(v, props[k]) if k in props else v for k, v in instance.items()}
+    if isinstance(instance, list) and isinstance(schema.get("items"), dict):
+        return [coerce_text(v, schema["items"]) for v in instance]
+    if isinstance(instance, str) and not jsonschema.Draft202012Validator(schema).is_valid(instance):
+        try:
+            parsed = yaml.safe_load(instance)
+        except yaml.YAMLError:
+            return instance
+        if isinstance(parsed, str) and _NUMBER.fullmatch(parsed.strip()):
+            parsed = float(parsed)  # YAML 1.1 reads 1e-3 as text (it wants 1.0e-3)
+        if not isinstance(parsed, str):
+            return coerce_text(parsed, schema)
+    return instance
+
+
 def _key_name(error: jsonschema.ValidationError) -> str:
     return ".".join(str(p) for p in error.absolute_path) or "(top level)"
 
@@ -96,7 +132,7 @@ def validate_config(
     Raises :class:`ConfigError` listing every problem, each naming its key.
     """
     schema = load_schema() if schema is None else schema
-    cfg = copy.deepcopy(dict(config))
+    cfg = coerce_text(copy.deepcopy(dict(config)), schema)
     _fill_defaults(cfg, schema)
     validator = jsonschema.Draft202012Validator(schema)
     errors = sorted(validator.iter_errors(cfg), key=lambda e: list(map(str, e.absolute_path)))
@@ -109,6 +145,10 @@ def validate_config(
 def _check_semantics(cfg: Mapping[str, Any], source: str) -> None:
     """Rules a JSON Schema cannot say."""
     data = cfg["data"]
+    if data["source"] == "demo" and data.get("sheet"):
+        raise ConfigError(f"{source}: key 'data.sheet' is set ('{data['sheet']}') but key 'data.source' is 'demo', "
+                          "which generates its own images and would ignore the sheet; set data.source: sheet to "
+                          "use the sheet, or data.sheet: null to run the demo.")
     if data["source"] == "sheet" and not data.get("sheet"):
         raise ConfigError(f"{source}: key 'data.sheet' is required when data.source is 'sheet'; give the path of a .csv, .tsv or .parquet image sheet.")
     total = sum(data["splits"].values())
@@ -181,3 +221,128 @@ def load_config(path: str | os.PathLike) -> dict[str, Any]:
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: the config must be a mapping of keys to values.")
     return validate_config(raw, source=str(path))
+
+
+def check_target_layer(cfg: Mapping[str, Any], source: str = "config", cache: str | os.PathLike | None = None) -> None:
+    """Refuse a ``model.target_layer`` that the architecture lacks or cannot explain, listing the valid ones.
+
+    The model is built as its family builds it (weights none: nothing is read
+    or fetched; a meta-device context where the family honours it) and the
+    name resolved by ``Family.resolve_layer``, the resolver training, ablation,
+    maps and crops use. ``auto`` always resolves and is not built. Importing
+    torch and building vgg16 costs seconds, so a name found valid is recorded
+    in the JSON file ``cache`` (when given) with the state of the code that
+    decides it (:func:`_layer_code_stamp`), and not built again.
+    """
+    model = cfg["model"]
+    name = str(model["target_layer"])
+    if name == "auto":
+        return
+    key = json.dumps([str(model["arch"]), str(model["head"]), str(model["task"]), name, _layer_code_stamp()])
+    known = _read_cache(cache)
+    if key in known:
+        return
+    import torch
+
+    from ais.families import family_for
+    from ais.tasks import get_task
+
+    family = family_for(str(model["arch"]))
+    with torch.device("meta"):
+        net = family.build(str(model["arch"]), str(model["head"]), get_task(str(model["task"])).n_outputs)
+    try:
+        family.resolve_layer(net, name)
+    except ValueError as exc:
+        raise ConfigError(f"{source}: key 'model.target_layer': {exc}") from None
+    if cache is not None:
+        _write_cache(Path(cache), sorted(set(known) | {key}))
+
+
+def _layer_code_stamp() -> list[Any]:
+    """Size and modification time of the modules that decide which layers exist (families, tasks, layers)."""
+    package = Path(__file__).parent
+    files = sorted([package / "layers.py", *(package / "families").glob("*.py"), *(package / "tasks").glob("*.py")])
+    return [[str(f.relative_to(package)), f.stat().st_size, f.stat().st_mtime_ns] for f in files]
+
+
+def _read_cache(path: str | os.PathLike | None) -> list[str]:
+    """The keys in a cache file of :func:`check_target_layer` (none when absent or unreadable)."""
+    if path is None:
+        return []
+    try:
+        keys = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return []
+    return [k for k in keys if isinstance(k, str)] if isinstance(keys, list) else []
+
+
+def _write_cache(path: Path, keys: list[str]) -> None:
+    """Write the cache atomically (a temporary file renamed); a cache that cannot be written is skipped."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            json.dump(keys[-100:], fh)
+        os.replace(tmp, path)
+    except OSError:
+        pass
+
+
+#: ``ablation.shards: auto`` gives each shard at least this many images: a shard job's start-up
+#: (Python, torch, the model) costs 15 to 25 s, so small shards spend their time starting.
+IMAGES_PER_SHARD = 64
+
+
+def auto_shards(n_images: int, workers: int) -> int:
+    """``ceil(n_images / IMAGES_PER_SHARD)`` shards, at most ``workers`` and at least 1."""
+    return max(1, min(math.ceil(max(n_images, 0) / IMAGES_PER_SHARD), max(int(workers), 1)))
+
+
+def count_sheet_rows(path: str | os.PathLike) -> int:
+    """Data rows of a sheet, cheaply: non-blank lines after the header (CSV/TSV), the row count (Parquet).
+
+    An estimate for sizing shards at parse time (a quoted cell spanning lines
+    counts its lines); 0 for a file that cannot be read (intake reports it).
+    """
+    path = Path(path)
+    try:
+        if path.suffix.lower() == ".parquet":
+            import pyarrow.parquet as pq
+
+            return int(pq.ParquetFile(path).metadata.num_rows)
+        with open(path, "rb") as fh:
+            return max(sum(1 for line in fh if line.strip()) - 1, 0)
+    except Exception:  # noqa: BLE001 - any unreadable sheet: intake names the problem
+        return 0
+
+
+def ablated_images(cfg: Mapping[str, Any], sheet_rows: int | None = None) -> int:
+    """The number of images ``ablation.split`` will hold, estimated from the config (and the sheet's rows).
+
+    Demo: ``demo.n_images``, less ``demo.unlabelled_fraction``; sheet: its
+    rows. A labelled split takes its ``data.splits`` fraction (also when the
+    sheet has a split column: an estimate), ``all`` every image, ``unlabelled``
+    the demo's unlabelled fraction or, for a sheet, every row (an upper bound).
+    """
+    split = cfg["ablation"]["split"]
+    demo = cfg["data"]["source"] == "demo"
+    n = int(cfg["demo"]["n_images"]) if demo else int(sheet_rows or 0)
+    unlabelled = float(cfg["demo"]["unlabelled_fraction"]) if demo else 0.0
+    if split == "all":
+        return n
+    if split == "unlabelled":
+        return math.ceil(n * unlabelled) if demo else n
+    return math.ceil(n * (1.0 - unlabelled) * float(cfg["data"]["splits"][split]))
+
+
+def resolve_shards(cfg: Mapping[str, Any], cores: int | None, gpus: int | None, sheet_rows: int | None = None) -> int:
+    """``ablation.shards`` as a number: itself, or for ``auto`` :func:`auto_shards` of the ablated images.
+
+    The workers are the GPUs the run has (Snakemake's ``--resources gpu=N``)
+    when given, else its cores (``--cores``; 1 when unknown).
+    """
+    shards = cfg["ablation"]["shards"]
+    if shards != "auto":
+        return int(shards)
+    workers = gpus if gpus else (cores or 1)
+    return auto_shards(ablated_images(cfg, sheet_rows), workers)

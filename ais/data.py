@@ -14,6 +14,7 @@ import hashlib
 import logging
 import math
 import os
+import posixpath
 import re
 import unicodedata
 from dataclasses import dataclass
@@ -32,6 +33,9 @@ logger = logging.getLogger(__name__)
 _UNLABELLED = SPLITS[-1]  # the split of rows without a score
 _SAFE = re.compile(r"[^A-Za-z0-9._-]+")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+#: A score as text: plain decimal notation only (sign, ASCII digits, one point, exponent). Python's
+#: ``float()`` also takes ``4_5`` (= 45), full-width or other Unicode digits and ``nan``/``inf``.
+_DECIMAL = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
 MAX_ID_LENGTH = 120  # derived ids and file stems; far below the 255-byte limit of file names
 
 
@@ -152,10 +156,13 @@ def file_stem(image_id: str) -> str:
     Only ``[A-Za-z0-9._-]``, starting with a letter or digit (never empty,
     hidden, ``..`` or an option-like ``-x``), at most :data:`MAX_ID_LENGTH`
     characters; a short hash of the id is appended whenever the id had to be
-    changed, so different ids give different stems.
+    changed, so different ids give different stems. An id with an upper-case
+    letter gets the hash too (``Cat`` -> ``Cat__<hash>``, ``cat`` -> ``cat``):
+    ids that differ only by case then give stems that differ also on
+    case-insensitive file systems (macOS, Windows).
     """
     safe = _SAFE.sub("_", image_id).lstrip("._-").rstrip("._")
-    if safe != image_id or not safe:
+    if safe != image_id or not safe or safe != safe.lower():
         safe = f"{safe or 'image'}__{_short_hash(image_id)}"
     return _cap(safe, image_id)
 
@@ -163,9 +170,11 @@ def file_stem(image_id: str) -> str:
 def _parse_score(value: Any) -> tuple[float | None, str | None]:
     """Return (score, None), (None, None) for an empty cell, or (None, reason).
 
-    Text cells come from CSV/TSV (empty text = unlabelled). A numeric NaN can
-    only come from a Parquet float column (nulls arrive as ``None``) and is
-    rejected like the text ``nan``.
+    Text cells come from CSV/TSV (empty text = unlabelled) and must be plain
+    decimal notation (:data:`_DECIMAL`: ``4.5``, ``-3``, ``.5``, ``1e-3``):
+    ``4_5``, full-width digits and other text Python's ``float()`` takes are
+    refused. A numeric NaN can only come from a Parquet float column (nulls
+    arrive as ``None``) and is rejected like the text ``nan``.
     """
     if value is None or value is pd.NA:
         return None, None
@@ -173,10 +182,9 @@ def _parse_score(value: Any) -> tuple[float | None, str | None]:
         text = value.strip()
         if text == "":
             return None, None
-        try:
-            number = float(text)
-        except ValueError:
-            return None, f"score {value!r} is not a number (leave the cell empty for an unlabelled image)"
+        if not _DECIMAL.fullmatch(text):
+            return None, _text_score_reason(value, text)
+        number = float(text)
     elif isinstance(value, bool):
         return None, f"score {value!r} is a boolean, not a number"
     else:
@@ -187,6 +195,18 @@ def _parse_score(value: Any) -> tuple[float | None, str | None]:
     if not math.isfinite(number):
         return None, f"score {value!r} is not finite (leave the cell empty for an unlabelled image)"
     return number, None
+
+
+def _text_score_reason(value: str, text: str) -> str:
+    """Why a text score that is not plain decimal notation is refused."""
+    try:
+        special = not math.isfinite(float(text))
+    except ValueError:
+        special = False
+    if special:
+        return f"score {value!r} is not finite (leave the cell empty for an unlabelled image)"
+    return (f"score {value!r} is not a number in plain decimal notation (an optional sign, ASCII digits, "
+            "one decimal point, an optional exponent: 4.5, -3, 1e-3); leave the cell empty for an unlabelled image")
 
 
 def _resolve_path(root: Path, rel: str) -> tuple[str | None, str | None]:
@@ -245,6 +265,8 @@ class _RowCheck:
     root: Path
     max_pixels: int
     seen_ids: dict[str, int]  # image id -> the sheet row that has it (accepted rows only)
+    seen_files: dict[tuple[int, int], int]  # (device, inode) of the file -> the sheet row that has it
+    common_folders: int = 0  # leading folders every path shares, left out of derived ids
 
 
 class _Rejected(Exception):
@@ -266,15 +288,49 @@ def build_manifest(
 
     ``manifest`` follows :data:`ais.tables.MANIFEST_SCHEMA`; ``rejected`` has
     columns ``sheet_row, column, path, reason``. With ``on_bad_image="error"``
-    any rejected row raises :class:`BadRowsError` listing them all.
+    any rejected row raises :class:`BadRowsError` listing them all. What the
+    split assignment did beyond the sheet's own values (blank split cells
+    assigned, a validation part carved out of ``train``) is in
+    ``manifest.attrs["split_notes"]`` (a list of sentences).
     """
     sheet = read_sheet(spec.sheet)
     _check_columns(sheet, spec)
     root = Path(spec.root) if spec.root else Path(spec.sheet).parent
-    rows, rejected = _check_rows(sheet, _RowCheck(spec, root, max_pixels, {}))
+    common = 0 if spec.id_column else len(common_folders(sheet[spec.image_column]))
+    rows, rejected = _check_rows(sheet, _RowCheck(spec, root, max_pixels, {}, {}, common))
     _refuse_bad_rows(str(spec.sheet), rows, rejected, on_bad_image)
     manifest = _assign_splits(pd.DataFrame(rows), spec, splits, seed)
     return manifest, rejected
+
+
+def _norm_rel(rel: str) -> str:
+    """A sheet path normalised as a relative POSIX path: ``imgs/sub/../a.png`` -> ``imgs/a.png``."""
+    return posixpath.normpath(rel.strip().replace("\\", "/"))
+
+
+def common_folders(paths: pd.Series) -> list[str]:
+    """The leading folders that every non-empty path of ``paths`` shares (never a file name, never ``..``).
+
+    Derived ids leave them out: ``dataset/images/test/f351.png`` alone in its
+    folders gives the id ``f351``, not ``dataset__images__test__f351``.
+    """
+    common: list[str] | None = None
+    for value in paths:
+        if _is_missing(value) or str(value).strip() == "":
+            continue
+        folders = _norm_rel(str(value)).split("/")[:-1]
+        if common is None:
+            common = folders
+        else:
+            n = 0
+            while n < min(len(common), len(folders)) and common[n] == folders[n]:
+                n += 1
+            common = common[:n]
+        if not common:
+            return []
+    common = common or []
+    stop = next((i for i, part in enumerate(common) if part in ("", ".", "..")), len(common))
+    return common[:stop]
 
 
 def _check_columns(sheet: pd.DataFrame, spec: SheetSpec) -> None:
@@ -321,8 +377,10 @@ def _check_row(rec: Mapping[str, Any], row: int, check: _RowCheck) -> dict[str, 
         width, height = open_image(path, max_pixels=check.max_pixels).size
     except BadImageError as exc:
         raise _Rejected(spec.image_column, rel, str(exc).removeprefix(f"{path}: ")) from None
+    file_key = _same_file_check(path, rel, check)
     mask = _row_mask(rec, check)
     check.seen_ids[image_id] = row
+    check.seen_files[file_key] = row
     return {
         "image_id": image_id, "path": path, "y_true": score, "split": split,
         "width": width, "height": height, "sheet_row": row, "mask": mask,
@@ -337,6 +395,22 @@ def _checked(result: tuple[Any, str | None], column: str, path: Any) -> Any:
     return value
 
 
+def _same_file_check(path: str, rel: Any, check: _RowCheck) -> tuple[int, int]:
+    """The file's identity (device, inode); :class:`_Rejected` when an accepted row has the same file.
+
+    Catches one file under two paths (``imgs/sub/../a.png`` and ``imgs/a.png``,
+    a symbolic or hard link inside the root, another case on a case-insensitive
+    file system), which would otherwise be two images and could be in train and test at once.
+    """
+    st = os.stat(path)
+    key = (int(st.st_dev), int(st.st_ino)) if st.st_ino else (0, hash(os.path.normcase(os.path.realpath(path))))
+    if key in check.seen_files:
+        raise _Rejected(check.spec.image_column, rel,
+                        f"same file as row {check.seen_files[key]} (it resolves to {os.path.realpath(path)}); "
+                        "each image must appear once: remove one of the rows")
+    return key
+
+
 def _row_id(rec: Mapping[str, Any], rel: Any, check: _RowCheck) -> str:
     """The row's image id (the id column's, else derived from the path), refused when empty, odd or seen."""
     spec = check.spec
@@ -348,11 +422,12 @@ def _row_id(rec: Mapping[str, Any], rel: Any, check: _RowCheck) -> str:
         if _CONTROL.search(image_id):
             raise _Rejected(spec.id_column, rel, f"image id {image_id!r} contains a control character")
     else:
-        image_id = derive_image_id(str(rel).strip())
+        parts = _norm_rel(str(rel)).split("/")
+        image_id = derive_image_id("/".join(parts[check.common_folders:]))
     if image_id in check.seen_ids:
         hint = "" if spec.id_column else (
-            "; ids are derived from the paths (a/b.jpg -> a__b): give unique ids in a column named by "
-            "data.id_column if different files map to the same id")
+            "; ids are derived from the paths (a/b.jpg -> a__b, folders shared by every row left out): give "
+            "unique ids in a column named by data.id_column if different files map to the same id")
         raise _Rejected(spec.id_column or spec.image_column, rel,
                         f"duplicate image id '{image_id}' (first on row {check.seen_ids[image_id]}); each image "
                         f"must appear once{hint}")
@@ -360,7 +435,7 @@ def _row_id(rec: Mapping[str, Any], rel: Any, check: _RowCheck) -> str:
 
 
 def _row_split(rec: Mapping[str, Any], rel: Any, score: float | None, spec: SheetSpec) -> str | None:
-    """The split column's value (``None`` without one, or for an unlabelled image)."""
+    """The split column's value (``None`` without one, for an unlabelled image, or a blank cell: "assign me")."""
     if not spec.split_column:
         return None
     value = rec[spec.split_column]
@@ -370,6 +445,8 @@ def _row_split(rec: Mapping[str, Any], rel: Any, score: float | None, spec: Shee
             raise _Rejected(spec.split_column, rel, f"split '{value}' given for an image without a score; "
                             "unlabelled images cannot be trained or tested on: leave the split empty or give a score")
         return None
+    if text == "":
+        return None  # assigned by the seeded split (_assign_splits)
     if text not in LABELLED_SPLITS:
         raise _Rejected(spec.split_column, rel, f"split '{value}' is not one of {', '.join(LABELLED_SPLITS)}")
     return text
@@ -395,13 +472,52 @@ def _refuse_bad_rows(name: str, rows: list[dict[str, Any]], rejected: pd.DataFra
 
 
 def _assign_splits(manifest: pd.DataFrame, spec: SheetSpec, splits: Mapping[str, float], seed: int) -> pd.DataFrame:
-    """Unlabelled rows get ``unlabelled``; without a split column the labelled ones a seeded split; sorted by id."""
+    """Unlabelled rows get ``unlabelled``, labelled rows without a split a seeded one; sorted by id.
+
+    Without a split column every labelled row is "without a split". With one,
+    blank cells are assigned by ``splits``, and when no row is ``val`` a
+    seeded validation part is carved out of ``train`` (:func:`carve_val`).
+    What was done beyond the sheet's values is in ``attrs["split_notes"]``.
+    """
     labelled = manifest["y_true"].notna()
     manifest.loc[~labelled, "split"] = _UNLABELLED
-    if not spec.split_column:
-        assignment = seeded_split(manifest.loc[labelled, "image_id"].tolist(), splits, seed)
-        manifest.loc[labelled, "split"] = manifest.loc[labelled, "image_id"].map(assignment)
-    return manifest.sort_values("image_id", kind="stable").reset_index(drop=True)
+    blank = labelled & manifest["split"].isna()
+    notes: list[str] = []
+    if blank.any():
+        assignment = seeded_split(manifest.loc[blank, "image_id"].tolist(), splits, seed)
+        manifest.loc[blank, "split"] = manifest.loc[blank, "image_id"].map(assignment)
+        if spec.split_column:
+            notes.append(f"{int(blank.sum())} labelled row(s) with an empty '{spec.split_column}' cell were "
+                         "assigned by the seeded split (data.splits)")
+    if spec.split_column:
+        notes += carve_val(manifest, splits["val"], seed)
+    out = manifest.sort_values("image_id", kind="stable").reset_index(drop=True)
+    out.attrs["split_notes"] = notes
+    return out
+
+
+def carve_val(manifest: pd.DataFrame, val_fraction: float, seed: int) -> list[str]:
+    """Without any ``val`` row, make ``val`` a seeded part of the ``train`` rows (in place); the notes.
+
+    Published data sets often ship only train and test. The part has
+    ``round(val_fraction * labelled images)`` rows (at least 1, leaving at
+    least 2 for training); ids sorted then permuted by ``seed``, as
+    :func:`seeded_split`. Nothing is carved when ``val_fraction`` is 0 or
+    there are fewer than 3 train rows.
+    """
+    split = manifest["split"]
+    if (split == "val").any() or val_fraction <= 0:
+        return []
+    train_ids = sorted(manifest.loc[split == "train", "image_id"])
+    n_labelled = int(split.isin(LABELLED_SPLITS).sum())
+    k = min(max(1, round(val_fraction * n_labelled)), len(train_ids) - 2)
+    if k < 1:
+        return []
+    order = np.random.default_rng(seed).permutation(len(train_ids))[:k]
+    chosen = {train_ids[j] for j in order}
+    manifest.loc[manifest["image_id"].isin(chosen), "split"] = "val"
+    return [f"the split column has no val rows: {k} of the {len(train_ids)} train rows became val (seeded, "
+            f"data.splits.val = {val_fraction:g} of the {n_labelled} labelled images) for model selection"]
 
 
 def read_manifest(path: str | os.PathLike) -> pd.DataFrame:

@@ -161,6 +161,19 @@ def write_text(path: str | os.PathLike, text: str) -> None:
     write_bytes(path, text.encode("utf-8"))
 
 
+def ignore_in_git(folder: str | os.PathLike) -> Path:
+    """Create ``folder`` (and parents) with a ``.gitignore`` holding ``*``; return the ``.gitignore``'s path.
+
+    Git then ignores everything in it (the ``.gitignore`` too), wherever the
+    folder is: ``git add -A`` in a clone never sweeps the workflow's outputs
+    in. An existing ``.gitignore`` is left as it is.
+    """
+    path = Path(folder) / ".gitignore"
+    if not path.exists():
+        write_text(path, "*\n")
+    return path
+
+
 def write_json(path: str | os.PathLike, obj: Any) -> None:
     """Write ``obj`` as indented, key-sorted JSON to ``path`` atomically."""
     write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=_json_default) + "\n")

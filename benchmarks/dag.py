@@ -2,7 +2,8 @@
 
 Writes, in a temporary folder, an image sheet of ``--images`` rows (100,000
 by default) and a configuration with ``data.source: sheet`` and
-``ablation.shards: --shards`` (1,000 by default), then times
+``ablation.shards: --shards`` (1,000 by default; ``auto`` sizes them as a run
+would, from the sheet's rows and the cores: ``--snakemake-args '--cores 16'``), then times
 ``snakemake -n`` on it with this repository's Snakefile and default profile.
 
 The images need not exist: nothing at parse time reads the sheet or the
@@ -18,6 +19,7 @@ the last line printed is one JSON object.
 
     .venv/bin/python benchmarks/dag.py
     .venv/bin/python benchmarks/dag.py --images 100000 --shards 1000 --repeats 3
+    .venv/bin/python benchmarks/dag.py --shards auto --snakemake-args '--cores 16'
 """
 
 from __future__ import annotations
@@ -50,7 +52,16 @@ def write_sheet(path: Path, n_images: int) -> None:
             writer.writerow([f"images/{i // 1000:03d}/img-{i:06d}.jpg", f"{1 + (i * 7919 % 4001) / 1000:.3f}", splits[i % 3]])
 
 
-def write_config(path: Path, sheet: Path, shards: int) -> None:
+def shard_count(text: str) -> int | str:
+    """``--shards``: a positive number or ``auto``."""
+    if text == "auto":
+        return text
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"--shards must be a positive number or auto, not {text!r}")
+    return int(text)
+
+
+def write_config(path: Path, sheet: Path, shards: int | str) -> None:
     path.write_text(
         "\n".join(
             [
@@ -89,7 +100,7 @@ def job_counts(output: str) -> dict[str, int]:
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--images", type=int, default=100_000, help="rows of the image sheet")
-    parser.add_argument("--shards", type=int, default=1_000, help="ablation.shards")
+    parser.add_argument("--shards", type=shard_count, default=1_000, help="ablation.shards: a number or auto")
     parser.add_argument("--repeats", type=int, default=3, help="dry runs timed (each a fresh process)")
     parser.add_argument(
         "--snakemake-args",

@@ -30,7 +30,7 @@ def test_wrong_type_and_enum_name_the_key():
     with pytest.raises(ConfigError, match=r"demo\.n_images"):
         validate_config({"demo": {"n_images": "many"}})
     with pytest.raises(ConfigError, match=r"model\.arch"):
-        validate_config({"model": {"arch": "resnet50"}})
+        validate_config({"model": {"arch": "alexnet"}})
 
 
 def test_semantic_checks():

@@ -39,7 +39,7 @@ def test_explicit_split_sheet(tmp_path: Path):
     manifest, rejected = build_manifest(spec, SPLITS, seed=0)
     assert rejected.empty
     assert list(manifest.columns) == MANIFEST_SCHEMA.names
-    assert manifest["image_id"].tolist() == [f"img__a{i}" for i in range(5)]
+    assert manifest["image_id"].tolist() == [f"a{i}" for i in range(5)]  # the folder all rows share is left out
     assert manifest["split"].tolist() == ["train", "train", "val", "test", "unlabelled"]
     assert manifest["y_true"].tolist()[:4] == [1.5, 2.5, 3.5, 4.5]
     assert pd.isna(manifest["y_true"].iloc[4])

@@ -148,7 +148,8 @@ def test_config_paths_are_checked(tmp_path):
     check_paths(sheet_cfg(sheet="sheet.csv", root="images"), base=tmp_path)
     check_paths(validate_config({"model": {"weights": str(tmp_path / "w.safetensors")}}), base=tmp_path)
     check_paths(validate_config({"model": {"arch": "vgg16", "weights": "IMAGENET1K_V1"}}), base=tmp_path)
-    check_paths(validate_config({"data": {"sheet": "nope.csv"}}), base=tmp_path)  # demo: the sheet is not read
+    with pytest.raises(ConfigError, match=r"key 'data.sheet' is set \('nope.csv'\) but key 'data.source' is 'demo'"):
+        validate_config({"data": {"sheet": "nope.csv"}})  # demo would ignore the sheet: refused (issue 18)
 
     with pytest.raises(ConfigError, match=r"key 'data.sheet': 'nope.csv' does not exist"):
         check_paths(sheet_cfg(sheet="nope.csv"), base=tmp_path)

@@ -49,11 +49,17 @@ def job(smk: Any, gpu: bool = False) -> Iterator[None]:
 
     Any error is written to the rule's log before the job fails: a
     :class:`ais.errors.UserError` (intake's sheet and row errors, config errors) as its
-    message alone with exit code 1, anything else with its traceback.
+    message alone with exit code 1, anything else with its traceback. The
+    results folder (``config["results"]``) gets a ``.gitignore`` holding ``*``
+    (:func:`ais.io.ignore_in_git`), so git never picks up outputs, wherever they go.
     """
+    from ais.io import ignore_in_git
     from ais.logs import setup_logging
 
     log_path = smk.log[0] if len(smk.log) else None
+    results = (getattr(smk, "config", None) or {}).get("results")
+    if results:
+        ignore_in_git(results)
     setup_logging(log_path)
     if gpu:
         from ais.gpu import claim_gpu

@@ -39,13 +39,20 @@ def output_file(folder: str | os.PathLike, stem: str, suffix: str) -> Path:
 
 
 def image_stems(image_ids: Sequence[str]) -> list[str]:
-    """File stems of ``image_ids`` (:func:`ais.data.file_stem`), checked to be unique."""
+    """File stems of ``image_ids`` (:func:`ais.data.file_stem`), checked to be unique regardless of case.
+
+    Two stems that differ only by case would overwrite each other's files on
+    a case-insensitive file system (macOS, Windows), so they count as the same.
+    """
     stems = [file_stem(str(i)) for i in image_ids]
-    seen: dict[str, str] = {}
+    seen: dict[str, tuple[str, str]] = {}
     for image_id, stem in zip(image_ids, stems):
-        if stem in seen:
-            raise ValueError(f"image ids {seen[stem]!r} and {image_id!r} map to the same file name {stem!r}")
-        seen[stem] = image_id
+        key = stem.casefold()
+        if key in seen:
+            other_id, other = seen[key]
+            raise ValueError(f"image ids {other_id!r} and {image_id!r} map to the same file name {stem!r}"
+                             + ("" if other == stem else f" on a case-insensitive file system ({other!r})"))
+        seen[key] = (image_id, stem)
     return stems
 
 

@@ -2,8 +2,10 @@
 
 The manifest (Parquet, :data:`ais.tables.MANIFEST_SCHEMA`) carries in its
 key-value metadata the provenance record (key ``provenance``), the number of
-images per split (``counts``) and the number of rejected rows
-(``rejected``); ``rejected.csv`` lists each rejected row with its reason.
+images per split (``counts``), the number of rejected rows (``rejected``)
+and what the split assignment did beyond the sheet's values (``split_notes``:
+blank split cells assigned, a validation part carved out of ``train``; also
+logged); ``rejected.csv`` lists each rejected row with its reason.
 """
 
 from __future__ import annotations
@@ -47,6 +49,8 @@ def run(
     )
     if len(rejected):
         logger.warning("intake: %d row(s) rejected, listed in %s", len(rejected), rejected_path)
+    for note in manifest.attrs.get("split_notes", []):
+        logger.info("intake: %s", note)
     logger.info("intake: %d images, splits %s", len(manifest), manifest["split"].value_counts().to_dict())
     stamped = stamp({"data": data_cfg, "seed": seed} if config is None else config)
     _write(manifest, rejected, manifest_path, rejected_path, stamped)
@@ -85,6 +89,7 @@ def _write(
         **stamped,
         "counts": {k: int(v) for k, v in sorted(counts.items())},
         "rejected": int(len(rejected)),
+        "split_notes": list(manifest.attrs.get("split_notes", [])),
     }
     table = pa.Table.from_pandas(manifest, preserve_index=False)
     io.write_table(manifest_path, table, schema=MANIFEST_SCHEMA, metadata=metadata)
