@@ -28,8 +28,9 @@ from torch import nn
 
 from ais.families import Family
 from ais.hooks import Hooks
-from ais.images import iter_batches, open_image, resize_square
+from ais.images import open_image, resize_square
 from ais.logs import Progress
+from ais.pipeline import iter_batches
 
 logger = logging.getLogger(__name__)
 
@@ -181,6 +182,7 @@ def channel_crops(
     batch_size: int = 16,
     device: str | torch.device = "cpu",
     family: Family | None = None,
+    workers: int = 0,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Top channels (:func:`top_channels`) and their crops over ``manifest``'s images.
 
@@ -194,7 +196,7 @@ def channel_crops(
                                     rank=pd.Series(dtype=np.int64))
     t0 = time.perf_counter()
     ids = manifest["image_id"].tolist()
-    batches = (x for (x,) in iter_batches(manifest, size, normalization, batch_size))
+    batches = (x for (x,) in iter_batches(manifest, size, normalization, batch_size, workers=workers, device=device))
     peak, cell, grid = peak_activations(model, layer, batches, chosen["channel"].tolist(), len(ids), device, family)
     crops = select_crops(peak, cell, grid, ids, chosen["channel"].tolist(), size, n_crops, crop_fraction)
     crops = crops.merge(manifest[["image_id", "path"]], on="image_id", how="left")

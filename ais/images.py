@@ -11,14 +11,11 @@ from __future__ import annotations
 import os
 import threading
 import warnings
-from typing import TYPE_CHECKING, Iterator, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
 from PIL import Image, ImageOps
-
-if TYPE_CHECKING:
-    import pandas as pd
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -161,20 +158,6 @@ def load_batch(paths: Sequence[str | os.PathLike], size: int, normalization: str
     return torch.stack([load_tensor(p, size, normalization) for p in paths])
 
 
-def iter_batches(
-    rows: "pd.DataFrame", size: int, normalization: str, batch_size: int, columns: Sequence[str] = ()
-) -> Iterator[tuple]:
-    """Batches of a table of images (column ``path``): ``(x (B, 3, size, size), *values of columns)``.
-
-    The one image pipeline of the stages that run a model over many images;
-    each extra item is the list of that column's values for the batch.
-    """
-    for start in range(0, len(rows), batch_size):
-        batch = rows.iloc[start:start + batch_size]
-        yield (load_batch(batch["path"].tolist(), size, normalization),
-               *[batch[c].tolist() for c in columns])
-
-
 class ImageDataset(torch.utils.data.Dataset):
     """Images (and optional targets) preprocessed on access.
 
@@ -190,6 +173,7 @@ class ImageDataset(torch.utils.data.Dataset):
         targets: Sequence[float] | None = None,
         augment: bool = False,
         seed: int = 0,
+        cache: bool = True,
     ) -> None:
         self.paths = list(paths)
         self.size = size
@@ -198,6 +182,7 @@ class ImageDataset(torch.utils.data.Dataset):
         self.augment = augment
         self.seed = seed
         self.epoch = 0
+        self.cache = cache  # keep decoded images for later epochs (off with decoding workers: each has its own copy)
         self._cache: dict[int, torch.Tensor] = {}
 
     def __len__(self) -> int:
@@ -211,7 +196,8 @@ class ImageDataset(torch.utils.data.Dataset):
         x = self._cache.get(index)
         if x is None:
             x = load_tensor(self.paths[index], self.size, self.normalization)
-            self._cache[index] = x
+            if self.cache:
+                self._cache[index] = x
         if self.augment:
             rng = np.random.default_rng((self.seed, self.epoch, index))
             if rng.random() < 0.5:

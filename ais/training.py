@@ -208,6 +208,7 @@ class _Setup:
     tcfg: dict[str, Any]
     resume_dir: Path
     run_hash: str
+    workers: int = 0  # decoding processes (:mod:`ais.pipeline`); 0: decode in this process, cached
 
     @property
     def epochs(self) -> int:
@@ -267,6 +268,7 @@ def train(
     device: str | torch.device,
     resume_dir: str | os.PathLike,
     on_epoch_end: EpochCallback | None = None,
+    workers: int = 0,
 ) -> TrainResult:
     """Fit ``model`` (built by ``family`` after ``set_seed(seed)``) to the manifest's train split.
 
@@ -275,16 +277,19 @@ def train(
     generator continues from where building the model left it (dropout
     draws from it). Mixed precision (:func:`amp_dtype`) is used on CUDA
     only. ``resume_dir`` holds the resume state; ``on_epoch_end(epoch,
-    record)`` is called after each epoch's resume state is on disk. Raises
+    record)`` is called after each epoch's resume state is on disk.
+    ``workers`` processes decode the next batches while the model trains
+    (the same batches and numbers as ``workers=0``, which decodes in this
+    process and keeps the decoded images for the later epochs). Raises
     ``ValueError`` without 2 labelled train images or a labelled val image,
     ``FloatingPointError`` when the loss diverges.
     """
     mcfg, tcfg = config_section("model", model_cfg), config_section("train", train_cfg)
     device = torch.device(device)
     amp = amp_dtype(device)
-    data = _split_data(manifest, task, mcfg, tcfg, seed)
+    data = _split_data(manifest, task, mcfg, tcfg, seed, cache=workers == 0)
     run_hash = _run_hash(mcfg, tcfg, seed, data.data_hash, device, amp)
-    setup = _Setup(task, model.to(device), device, amp, seed, tcfg, Path(resume_dir), run_hash)
+    setup = _Setup(task, model.to(device), device, amp, seed, tcfg, Path(resume_dir), run_hash, workers)
     optim = _optimiser(setup, len(data.train_ds))
     state = _resume_or_start(setup, optim)
     logger.info(
@@ -315,18 +320,19 @@ def check_splits(manifest: pd.DataFrame, source: str = "the manifest") -> dict[s
 
 
 def _split_data(
-    manifest: pd.DataFrame, task: Task, mcfg: Mapping[str, Any], tcfg: Mapping[str, Any], seed: int
+    manifest: pd.DataFrame, task: Task, mcfg: Mapping[str, Any], tcfg: Mapping[str, Any], seed: int,
+    cache: bool = True,
 ) -> _Data:
     """The labelled splits (checked), the target encoding fitted on train, and the datasets."""
     parts = check_splits(manifest)
     y_train = parts["train"]["y_true"].to_numpy(np.float64)
     encoding = task.fit_encoding(y_train)
     size, norm = int(mcfg["input_size"]), mcfg["normalization"]
-    train_ds = ImageDataset(parts["train"]["path"].tolist(), size, norm, targets=task.encode(y_train, encoding),
+    train_ds = ImageDataset(parts["train"]["path"].tolist(), size, norm, targets=task.encode(y_train, encoding), cache=cache,
                             augment=bool(tcfg["augment"]), seed=seed)
     y_val = parts["val"]["y_true"].to_numpy(np.float64)
     y_val_encoded = task.encode(y_val, encoding)
-    val_ds = ImageDataset(parts["val"]["path"].tolist(), size, norm, targets=y_val_encoded)
+    val_ds = ImageDataset(parts["val"]["path"].tolist(), size, norm, targets=y_val_encoded, cache=cache)
     return _Data(parts, manifest_data_hash(manifest), encoding, train_ds, val_ds, y_val, y_val_encoded)
 
 
@@ -448,7 +454,8 @@ def _train_epoch(setup: _Setup, ds: ImageDataset, optim: _Optim, epoch: int) -> 
     model.train()
     ds.set_epoch(epoch)
     gen = torch.Generator().manual_seed(int(np.random.SeedSequence([setup.seed, epoch]).generate_state(1)[0]))
-    loader = torch.utils.data.DataLoader(ds, batch_size=setup.batch_size, shuffle=True, generator=gen, num_workers=0)
+    loader = torch.utils.data.DataLoader(ds, batch_size=setup.batch_size, shuffle=True, generator=gen,
+                                         num_workers=setup.workers, pin_memory=device.type == "cuda")
     progress = _EpochProgress(epoch, setup.epochs, len(loader), len(ds))
     total, count, lr = 0.0, 0, optim.optimizer.param_groups[0]["lr"]
     for batch, (x, y, _) in enumerate(loader, start=1):
@@ -490,11 +497,16 @@ def _raw_outputs(setup: _Setup, ds: ImageDataset) -> np.ndarray:
     model, device, amp, batch_size = setup.model, setup.device, setup.amp, setup.batch_size
     model.eval()
     out = []
+    progress = Progress(len(ds), "validation: images", logger, every=PROGRESS_EVERY, start_after=PROGRESS_EVERY)
+    loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=setup.workers,
+                                         pin_memory=device.type == "cuda")
+    done = 0
     with torch.inference_mode(), torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
-        for i in range(0, len(ds), batch_size):
-            x = torch.stack([ds[j][0] for j in range(i, min(i + batch_size, len(ds)))]).to(device)
-            y = model(x).float().cpu().numpy()
+        for x, _, _ in loader:
+            y = model(x.to(device, non_blocking=True)).float().cpu().numpy()
             out.append(y.reshape(-1) if setup.task.n_outputs == 1 else y.reshape(len(x), -1))
+            done += len(x)
+            progress.update(done)  # lines only in a validation longer than PROGRESS_EVERY s
     return np.concatenate(out).astype(np.float64) if out else np.empty(0)
 
 

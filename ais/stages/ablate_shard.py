@@ -21,8 +21,8 @@ from ais import io
 from ais.ablation import ChannelAblation, ablate_batches
 from ais.data import read_manifest, shard_rows
 from ais.families import family_for
-from ais.images import iter_batches
 from ais.models import load_trained
+from ais.pipeline import iter_batches, loader_workers
 from ais.stages import job, pick_device, stamp
 from ais.tables import ABLATION_SCHEMA
 from ais.tasks import get_task
@@ -42,8 +42,12 @@ def run(
     channel_batch: int | str = "auto",
     config: Mapping[str, Any] | None = None,
     device: Any = None,
+    workers: int = 0,
 ) -> pa.Table:
-    """Ablate the shard's images with the trained model in ``model_dir``; write and return the table."""
+    """Ablate the shard's images with the trained model in ``model_dir``; write and return the table.
+
+    ``workers`` processes decode the next images while the engine runs (:mod:`ais.pipeline`).
+    """
     device = pick_device(device)
     rows = shard_rows(read_manifest(manifest_path), split, n_shards, shard)
     model, spec = load_trained(model_dir)
@@ -52,7 +56,7 @@ def run(
     logger.info("shard %d/%d: %d %s image(s), layer %s, model %s", shard, n_shards, len(rows), split, layer,
                 spec.get("weights_sha256", "?")[:12])
     size, norm = int(spec["input_size"]), spec["normalization"]
-    batches = iter_batches(rows, size, norm, batch_size, ("image_id", "y_true"))
+    batches = iter_batches(rows, size, norm, batch_size, ("image_id", "y_true"), workers=workers, device=device)
     with ChannelAblation(model, layer, task.target(), channel_batch=channel_batch, device=device) as engine:
         table = ablate_batches(engine, batches, len(rows), task.error)
         engine_info = {**engine.describe(), "size": size, "normalization": norm, "batch_size": batch_size}
@@ -83,4 +87,5 @@ def main(smk: Any) -> None:
             batch_size=params.ablation["batch_size"],
             channel_batch=params.ablation["channel_batch"],
             config={"ablation": params.ablation, "target_layer": params.target_layer, "seed": params.seed},
+            workers=loader_workers(smk.threads),
         )

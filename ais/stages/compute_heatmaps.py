@@ -3,7 +3,10 @@
 For every image of ablation shard ``i``: the maps of
 :func:`ais.methods.compute_maps` (AIS with the image's fused scores, or the
 data-set-level channel scores for unlabelled images; direction; Grad-CAM;
-Grad-CAM++; whatever methods are registered), saved with the image as the
+Grad-CAM++; the primary map; saliency and input x gradient; whatever methods
+are registered, the ``optional`` ones such as occlusion only when listed in
+``heatmaps.optional_methods``; the ``heatmaps`` section also carries the
+methods' options), saved with the image as the
 model saw it to ``results/heatmaps/shard-{i}/maps/{file_stem}.npz`` (float16
 maps, uint8 image), and ``figures.parquet`` (:data:`ais.tables.HEATMAP_SCHEMA`):
 per image the agreement of |AIS| with the reference methods and, where
@@ -25,17 +28,16 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
-import torch
 
 from ais import io
 from ais.data import read_manifest
 from ais.families import family_for
 from ais.fusion import image_weights
-from ais.images import model_view
 from ais.logs import Progress
 from ais.map_figures import image_figures
-from ais.methods import compute_maps, map_keys
+from ais.methods import compute_maps, configured_methods, map_keys
 from ais.models import load_trained
+from ais.pipeline import iter_batches, loader_workers
 from ais.stages import job, pick_device, stamp
 from ais.stages._heatmap_files import (
     image_stems,
@@ -75,8 +77,12 @@ def run(
     batch_size: int = 8,
     config: Mapping[str, Any] | None = None,
     device: Any = None,
+    workers: int = 0,
 ) -> pd.DataFrame:
-    """Maps and per-image figures of one shard: ``maps_dir`` (replaced atomically) and ``figures_path``."""
+    """Maps and per-image figures of one shard: ``maps_dir`` (replaced atomically) and ``figures_path``.
+
+    ``workers`` processes decode the next images while the maps are computed (:mod:`ais.pipeline`).
+    """
     device = pick_device(device)
     model, spec = load_trained(model_dir, device)
     family = family_for(spec["arch"])
@@ -86,18 +92,23 @@ def run(
     logger.info("shard %d: maps of %d image(s), layer %s (%d channels), %d px, on %s",
                 shard, len(data.rows), layer, data.ais_weights.shape[1], size, device)
     target = get_task(spec.get("task", "regression")).target()
+    methods = configured_methods((config or {}).get("heatmaps", {}).get("optional_methods", ()))
     records = []
     progress = Progress(len(data.rows), f"shard {shard}: maps", logger)
     with io.atomic_dir(maps_dir) as tmp_dir:
-        for start in range(0, len(data.rows), batch_size):
-            sl = slice(start, start + batch_size)
-            views = [model_view(p, size, spec["normalization"]) for p in data.rows["path"].iloc[sl]]
-            x = torch.stack([t for _, t in views]).to(device)
-            inputs = {"ais_weights": data.ais_weights[sl], "direction_weights": data.direction_weights[sl]}
-            maps = compute_maps(model, layer, x, inputs, target=target, with_scales=True, family=family)
-            for j, (image, _) in enumerate(views):
+        batches = iter_batches(data.rows, size, spec["normalization"], batch_size, workers=workers, device=device,
+                               views=True)
+        start = 0
+        for x, views in batches:
+            sl = slice(start, start + len(x))
+            inputs = {"ais_weights": data.ais_weights[sl], "direction_weights": data.direction_weights[sl],
+                      "options": (config or {}).get("heatmaps", {})}  # heatmaps.occlusion, heatmaps.gradients
+            maps = compute_maps(model, layer, x, inputs, methods=methods, target=target, with_scales=True,
+                                family=family)
+            for j, image in enumerate(views):
                 records.append(_save_image(tmp_dir, data, start + j, image, {k: v[j] for k, v in maps.items()}))
-            progress.update(min(start + batch_size, len(data.rows)))
+            start += len(x)
+            progress.update(start)
     table = pd.DataFrame.from_records(records, columns=HEATMAP_SCHEMA.names)
     metadata = {**stamp(config), "shard": {"index": shard, "images": len(data.rows)}, "target_layer": layer,
                 "model": {"weights_sha256": spec.get("weights_sha256"), "input_size": size}}
@@ -149,7 +160,7 @@ def _check_scores(scores: pd.DataFrame, channels: pd.DataFrame, image_ids: Seque
 def _save_image(folder: Path, data: _Shard, i: int, image: np.ndarray, maps: Mapping[str, np.ndarray]) -> dict:
     """Write image ``i``'s maps file; return its row of the figures table."""
     rec = data.rows.iloc[i]
-    one = {k: maps[k] for k in map_keys()}
+    one = {k: maps[k] for k in map_keys() if k in maps}  # the configured methods' maps (heatmaps.methods)
     masks = None
     if isinstance(rec["mask"], str) and rec["mask"]:
         masks = load_region_masks(rec["mask"], one["ais"].shape, rec["image_id"])
@@ -174,4 +185,5 @@ def main(smk: Any) -> None:
             figures_path=out.figures, shard=int(smk.wildcards.shard), target_layer=params.target_layer,
             batch_size=params.heatmaps["batch_size"],
             config={"heatmaps": params.heatmaps, "target_layer": params.target_layer},
+            workers=loader_workers(smk.threads),
         )

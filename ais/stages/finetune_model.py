@@ -9,7 +9,10 @@
   the spec names the task and its target encoding),
 - ``predictions.parquet`` (:data:`ais.tables.PREDICTIONS_SCHEMA`, every
   manifest row; metadata: the provenance stamp with ``data_hash``,
-  ``best_epoch`` and ``selection``),
+  ``best_epoch`` and ``selection``, and ``uncertainty``: whether and how
+  Monte-Carlo dropout sampled, or why not); with ``uncertainty.mc_samples`` > 0
+  and dropout in the head, the Monte-Carlo dropout columns
+  (:func:`ais.uncertainty.mc_predict`; null otherwise),
 - ``history.csv`` (one row per epoch) and ``training_curve.png``,
 - ``metrics.json``: the task's test metrics of the test, val and train
   splits, the run's facts and timings, and ``provenance``.
@@ -30,11 +33,12 @@ import pyarrow as pa
 import torch
 from torch import nn
 
-from ais import io
+from ais import io, uncertainty
 from ais.config import config_section
 from ais.data import read_manifest
 from ais.families import Family, family_for
 from ais.models import build_model, configure_determinism, save_checkpoint, set_seed
+from ais.pipeline import loader_workers
 from ais.stages import job, pick_device, stamp
 from ais.tables import PREDICTIONS_SCHEMA, SPLITS
 from ais.tasks import Task, get_task
@@ -60,6 +64,8 @@ def run(
     device: str | torch.device | None = None,
     resume_dir: str | os.PathLike | None = None,
     on_epoch_end: EpochCallback | None = None,
+    uncertainty_cfg: Mapping[str, Any] | None = None,
+    workers: int = 0,
 ) -> dict[str, Any]:
     """Train on the manifest at ``manifest_path``; write the outputs to ``out_dir``; return ``metrics.json``'s content.
 
@@ -68,8 +74,11 @@ def run(
     ``target_layer``, which becomes ``auto``: it only decides what
     ``model.json`` records). ``device`` defaults to CUDA when available.
     ``resume_dir`` (default ``out_dir/resume``) holds the resume state;
-    ``on_epoch_end(epoch, record)`` is called after each epoch's resume
-    state is on disk.
+    ``workers`` decoding processes feed the GPU (on the CPU the images are
+    decoded once in this process and kept for the later epochs, and the
+    cores compute). ``on_epoch_end(epoch, record)`` is called after each epoch's resume
+    state is on disk. ``uncertainty_cfg``: the config's ``uncertainty``
+    section (default: the schema's, 200 samples where the head has dropout).
     """
     started = time.perf_counter()
     out_dir = Path(out_dir)
@@ -80,17 +89,21 @@ def run(
     device = pick_device(device)
     task, family = get_task(mcfg["task"]), family_for(mcfg["arch"])
     model, target_layer = _build(mcfg, task, family, seed)  # the layer is checked before training, not after
-    result = train(manifest, task, family, model, mcfg, tcfg, seed, device, resume_dir, on_epoch_end)
+    result = train(manifest, task, family, model, mcfg, tcfg, seed, device, resume_dir, on_epoch_end,
+                   workers=workers if device.type == "cuda" else 0)
     provenance = stamp({"model": mcfg, "train": tcfg, "seed": seed}, data_hash=result.data_hash,
                        best_epoch=result.best_epoch, selection=task.selection)
     _write_checkpoint(result, out_dir, mcfg, tcfg, seed, task, target_layer)
     y_pred = predict(result.model, manifest["path"].tolist(), int(mcfg["input_size"]), mcfg["normalization"],
                      int(tcfg["batch_size"]), device, task)
-    _write_predictions(out_dir / "predictions.parquet", manifest, y_pred, provenance)
+    mc, mc_info = _mc_dropout(result.model, manifest, mcfg, tcfg, config_section("uncertainty", uncertainty_cfg or {}),
+                              seed, task)
+    _write_predictions(out_dir / "predictions.parquet", manifest, y_pred, {**provenance, "uncertainty": mc_info}, mc)
     _write_history(out_dir, result, task)
     metrics = {
         **split_metrics(manifest, y_pred, task, int(tcfg["bootstrap"]), seed),
         **_facts(result, task, tcfg, manifest, device),
+        "uncertainty": _uncertainty_figures(mc_info, manifest, y_pred, mc),
         "seconds": time.perf_counter() - started,
         "train_seconds": result.seconds,
         **provenance,
@@ -114,7 +127,42 @@ def _build(mcfg: Mapping[str, Any], task: Task, family: Family, seed: int) -> tu
     configure_determinism()
     set_seed(seed)
     model = build_model(mcfg["arch"], mcfg["head"], mcfg["weights"], progress=False, n_outputs=task.n_outputs)
+    if mcfg.get("head_dropout") is not None:  # no parameters: the weights and the RNG stream are unchanged
+        family.set_head_dropout(model, float(mcfg["head_dropout"]))
     return model, family.resolve_layer(model, mcfg["target_layer"])
+
+
+def _mc_dropout(model: nn.Module, manifest: pd.DataFrame, mcfg: Mapping[str, Any], tcfg: Mapping[str, Any],
+                ucfg: Mapping[str, Any], seed: int, task: Task) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """Monte-Carlo dropout columns of every manifest row (empty where not sampled) and what was done."""
+    info = uncertainty.status(model, int(ucfg["mc_samples"]))
+    if info["status"] != "sampled":
+        logger.info("Monte-Carlo dropout: not sampled (%s)", info["reason"])
+        return {}, info
+    if task.name != "regression":
+        return {}, {**info, "status": "unsupported", "mc_samples": 0,
+                    "reason": f"Monte-Carlo dropout summaries are implemented for regression, not {task.name}"}
+    started = time.perf_counter()
+    samples = uncertainty.mc_predict(model, manifest["path"].tolist(), int(mcfg["input_size"]), mcfg["normalization"],
+                                     int(tcfg["batch_size"]), int(info["mc_samples"]), seed, task.predictions)
+    info = {**info, "seed": seed, "batch_size": int(tcfg["batch_size"]), "seconds": time.perf_counter() - started,
+            "method": "layers before the first dropout run once; the rest on all samples (ais.uncertainty)"}
+    logger.info("Monte-Carlo dropout: %d samples of %d image(s) in %.1f s", info["mc_samples"], len(manifest),
+                info["seconds"])
+    return uncertainty.summarize(samples, "regression"), info
+
+
+def _uncertainty_figures(info: Mapping[str, Any], manifest: pd.DataFrame, y_pred: np.ndarray,
+                         mc: Mapping[str, np.ndarray]) -> dict[str, Any]:
+    """``metrics.json``'s ``uncertainty``: what was done and, on the labelled test rows, SRCC(std, |error|)."""
+    out: dict[str, Any] = {k: v for k, v in info.items() if k != "seconds"}
+    if "mc_std" in mc:
+        test = ((manifest["split"] == "test") & manifest["y_true"].notna()).to_numpy()
+        error = np.abs(y_pred - manifest["y_true"].to_numpy(np.float64))
+        out["test_n"] = int(test.sum())
+        out["test_mean_std"] = float(np.mean(mc["mc_std"][test])) if test.any() else None
+        out["test_srcc_std_abs_error"] = uncertainty.spearman(mc["mc_std"][test], error[test])
+    return out
 
 
 def _write_checkpoint(
@@ -124,6 +172,7 @@ def _write_checkpoint(
     spec = {
         "arch": mcfg["arch"],
         "head": mcfg["head"],
+        "head_dropout": mcfg.get("head_dropout"),
         "task": task.name,
         "weights": mcfg["weights"],
         "target_layer": target_layer,
@@ -139,7 +188,11 @@ def _write_checkpoint(
     save_checkpoint(result.model, out_dir, spec)
 
 
-def _write_predictions(path: Path, manifest: pd.DataFrame, y_pred: np.ndarray, metadata: Mapping[str, Any]) -> None:
+def _write_predictions(path: Path, manifest: pd.DataFrame, y_pred: np.ndarray, metadata: Mapping[str, Any],
+                       mc: Mapping[str, np.ndarray] | None = None) -> None:
+    """``predictions.parquet``; the Monte-Carlo columns absent from ``mc`` are null."""
+    mc = mc or {}
+    n = len(manifest)
     table = pa.table(
         {
             "image_id": pa.array(manifest["image_id"].astype(str).tolist(), pa.string()),
@@ -147,6 +200,8 @@ def _write_predictions(path: Path, manifest: pd.DataFrame, y_pred: np.ndarray, m
             "y_true": pa.array(manifest["y_true"].to_numpy(np.float64), pa.float64(),
                                mask=manifest["y_true"].isna().to_numpy()),
             "y_pred": pa.array(y_pred, pa.float64()),
+            **{name: pa.array(mc[name], pa.float64()) if name in mc else pa.nulls(n, pa.float64())
+               for name in ("mc_mean", "mc_std", "mc_entropy", "mc_mutual_information")},
         }
     )
     io.write_table(path, table, PREDICTIONS_SCHEMA, metadata=metadata)
@@ -191,4 +246,5 @@ def _fmt(x: float | None) -> str:
 def main(smk: Any) -> None:
     with job(smk, gpu=True):
         params = smk.params
-        run(smk.input.manifest, Path(smk.output.spec).parent, params.model, params.train, params.seed)
+        run(smk.input.manifest, Path(smk.output.spec).parent, params.model, params.train, params.seed,
+            uncertainty_cfg=params.uncertainty, workers=loader_workers(smk.threads))

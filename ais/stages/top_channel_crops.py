@@ -20,6 +20,7 @@ from ais.crops import channel_crops, montage
 from ais.data import read_manifest, select_split
 from ais.families import family_for
 from ais.models import load_trained
+from ais.pipeline import loader_workers
 from ais.render import save_png
 from ais.stages import job, pick_device, stamp
 from ais.tables import TOP_CHANNELS_SCHEMA
@@ -40,6 +41,7 @@ def run(
     batch_size: int = 16,
     device: Any = None,
     config: Mapping[str, Any] | None = None,
+    workers: int = 0,
 ) -> pd.DataFrame:
     """Crops of the ``k`` most helpful and most harmful channels over ``split``'s images; returns the table."""
     device = pick_device(device)
@@ -50,7 +52,7 @@ def run(
     channels = pd.read_parquet(channels_path)
     size = int(spec["input_size"])
     _, crops = channel_crops(model, layer, images, channels, size, spec["normalization"], k, n_crops,
-                             batch_size=batch_size, device=device, family=family)
+                             batch_size=batch_size, device=device, family=family, workers=workers)
     crops = crops.loc[:, TOP_CHANNELS_SCHEMA.names].reset_index(drop=True)
     io.write_table(out_table, pa.Table.from_pandas(crops, preserve_index=False), TOP_CHANNELS_SCHEMA,
                    metadata={**stamp(config), "target_layer": layer, "split": split})
@@ -65,4 +67,5 @@ def main(smk: Any) -> None:
         params = smk.params
         run(smk.input.manifest, Path(smk.input.spec).parent, smk.input.channels, smk.output.table,
             smk.output.figure, split=params.split, target_layer=params.target_layer, k=params.report["top_channels"],
-            n_crops=params.report["crops_per_channel"], config={"report": params.report, "split": params.split})
+            n_crops=params.report["crops_per_channel"], config={"report": params.report, "split": params.split},
+            workers=loader_workers(smk.threads))
