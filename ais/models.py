@@ -290,7 +290,10 @@ def load_trained(model_dir: str | os.PathLike, device: str | torch.device = "cpu
     if expected and file_hash(weights_path) != expected:
         raise ValueError(f"{weights_path}: SHA-256 differs from the one recorded in {spec_path}; retrain or restore")
     task = get_task(spec.get("task", "regression"))
-    model = family_for(spec["arch"]).build(spec["arch"], spec["head"], task.n_outputs)
+    family = family_for(spec["arch"])
+    model = family.build(spec["arch"], spec["head"], task.n_outputs)
+    if spec.get("head_dropout") is not None:  # not in the weights (no parameters): rebuilt as training built it
+        model = family.set_head_dropout(model, float(spec["head_dropout"]))
     state = load_file(str(weights_path), device="cpu")
     try:
         model.load_state_dict(state, strict=True)

@@ -46,6 +46,11 @@ PREDICTIONS_SCHEMA = pa.schema(
         pa.field("split", pa.string(), nullable=False),
         pa.field("y_true", pa.float64(), nullable=True),
         pa.field("y_pred", pa.float64(), nullable=False),
+        # Monte-Carlo dropout (ais.uncertainty; null where not sampled: no dropout in the head, or turned off)
+        pa.field("mc_mean", pa.float64(), nullable=True),  # regression: mean prediction over the samples
+        pa.field("mc_std", pa.float64(), nullable=True),  # regression: their standard deviation (ddof 0)
+        pa.field("mc_entropy", pa.float64(), nullable=True),  # classification: predictive entropy (nats)
+        pa.field("mc_mutual_information", pa.float64(), nullable=True),  # classification: entropy - mean entropy
     ]
 )
 

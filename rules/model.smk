@@ -20,6 +20,7 @@ rule finetune_model:
         model=get_training_model_params(),
         train=config["train"],
         seed=config["seed"],
+        uncertainty=config["uncertainty"],
     threads: 1
     resources:
         gpu=1,

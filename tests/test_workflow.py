@@ -10,14 +10,22 @@ import pandas as pd
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
+from conftest import TINY
 from PIL import Image
 
+from ais.config import load_config
 from ais.fusion import CHANNELS_SCHEMA, FUSED_SCHEMA
 from ais.io import read_maps as load_maps
-from ais.methods import map_keys
-from ais.tables import ABLATION_SCHEMA, HEATMAP_SCHEMA, LOCALIZATION_AUCS, TOP_CHANNELS_SCHEMA
+from ais.methods import configured_methods, map_keys
+from ais.tables import (
+    ABLATION_SCHEMA,
+    HEATMAP_SCHEMA,
+    LOCALIZATION_AUCS,
+    TOP_CHANNELS_SCHEMA,
+)
 
-MAP_KEYS = map_keys()  # the map arrays every map file holds (every registered method's)
+MAP_KEYS = map_keys(configured_methods())  # the map arrays every map file of a default run holds
+VIEWS = load_config(TINY)["heatmaps"]["views"]  # the tiny run's panel views (the schema's default)
 
 
 @pytest.fixture
@@ -90,7 +98,8 @@ def test_heatmap_outputs(tiny_run: Path):
             assert 0.99 < max(peak["helpful"], peak["harmful"]) <= 1.0  # one shared scale
             assert maps["gradcam"].min() >= 0 and maps["helpful"].min() >= 0 and maps["harmful"].max() <= 0
             with Image.open(results / "heatmaps" / f"shard-{i}" / "panels" / f"{rec.file_stem}.png") as im:
-                assert im.mode == "RGB" and im.height == 14 + 32 and im.width == 9 * 32 + 8 * 2
+                tiles = 1 + len(VIEWS)  # the image and every configured view
+                assert im.mode == "RGB" and im.height == 14 + 32 and im.width == tiles * 32 + (tiles - 1) * 2
         for what in ("maps", "panels"):
             assert (results / "benchmarks" / "heatmaps" / f"shard-{i}" / f"{what}.tsv").exists()
             assert (results / "logs" / "heatmaps" / f"shard-{i}" / f"{what}.log").stat().st_size > 0
