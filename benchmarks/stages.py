@@ -8,7 +8,7 @@ random scenes, ``--width`` x ``--height``, quality 90) and a random
 - ``forward_s``: one plain forward pass;
 - ``engine_s``: :class:`ais.ablation.ChannelAblation` over every unit of the default layer;
 - ``table_s``: building and writing the ablation rows (:func:`ais.ablation.ablation_table`, Parquet);
-- ``maps_s``: every registered map method (:func:`ais.methods.compute_maps`: one forward + backward);
+- ``maps_s``: the default run's map methods (:func:`ais.methods.compute_maps`; optional ones such as occlusion left out);
 - ``panel_s``: one PNG panel (:func:`ais.render.panel` + :func:`ais.render.save_png`);
 
 each per image, also as a multiple of ``forward_s`` and as images per second.
@@ -38,7 +38,7 @@ from ais import io, render
 from ais.ablation import ChannelAblation, ablation_table
 from ais.families import family_for
 from ais.images import load_tensor, model_view
-from ais.methods import compute_maps
+from ais.methods import compute_maps, configured_methods
 from ais.models import build_model
 from ais.pipeline import iter_batches
 
@@ -86,7 +86,8 @@ def part_costs(model, layer: str, paths: list[str], size: int, folder: Path) -> 
     inputs = {"ais_weights": np.random.default_rng(1).normal(size=(n, c)).astype(np.float32),
               "direction_weights": np.random.default_rng(2).normal(size=(n, c)).astype(np.float32)}
     maps: dict = {}
-    out["maps_s"] = per_image(lambda: maps.update(compute_maps(model, layer, x, inputs)), n)
+    methods = configured_methods()  # the default run's methods (optional ones such as occlusion excluded)
+    out["maps_s"] = per_image(lambda: maps.update(compute_maps(model, layer, x, inputs, methods=methods)), n)
     views = [model_view(p, size)[0] for p in paths]
     out["panel_s"] = per_image(lambda: [render.save_png(folder / f"{i}.png", render.panel(v, {k: m[i] for k, m in maps.items()}))
                                         for i, v in enumerate(views)], n)
