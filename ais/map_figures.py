@@ -53,7 +53,7 @@ def image_figures(maps: Mapping[str, np.ndarray], masks: Mapping[str, np.ndarray
     """Per-image figures of one image's maps ``(H, W)``: agreement and (with masks) localisation AUCs.
 
     ``cc_<ref>``, ``sim_<ref>``, ``kld_<ref>``: :func:`ais.agreement.compare` of
-    the AIS magnitude against each reference of
+    the AIS magnitude against the magnitude of each reference of
     :data:`ais.tables.AGREEMENT_REFERENCES`. With ``masks`` (``{"raise": bool
     (H, W), "lower": bool (H, W)}``): ``raise_fraction``, ``lower_fraction``
     and every AUC of :data:`ais.tables.LOCALIZATION_AUCS` (NaN where a mask is
@@ -62,7 +62,9 @@ def image_figures(maps: Mapping[str, np.ndarray], masks: Mapping[str, np.ndarray
     """
     out: dict[str, Any] = {}
     for ref in AGREEMENT_REFERENCES:  # NaN against a reference whose map was not computed
-        compared = agreement.compare(maps["ais"], maps[ref]) if ref in maps else dict.fromkeys(("cc", "sim", "kld"))
+        # |reference|: a signed map (occlusion) is compared by magnitude, as |AIS| is; a no-op for CAMs (>= 0)
+        compared = (agreement.compare(maps["ais"], np.abs(maps[ref])) if ref in maps
+                    else dict.fromkeys(("cc", "sim", "kld")))
         for metric, value in compared.items():
             out[f"{metric}_{ref}"] = float("nan") if value is None else value
     out["has_mask"] = masks is not None

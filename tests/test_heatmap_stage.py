@@ -308,3 +308,21 @@ def test_nan_to_none():
     assert nan_to_none({"a": [1.0, float("nan")], "b": {"c": np.float64("inf"), "d": "x"}, "e": np.int64(3)}) == {
         "a": [1.0, None], "b": {"c": None, "d": "x"}, "e": 3,
     }
+
+
+def test_a_signed_reference_is_compared_by_magnitude():
+    """|AIS| against |occlusion|: a signed reference map (occlusion) is compared by its magnitude."""
+    from ais.map_figures import image_figures
+    from ais.tables import AGREEMENT_REFERENCES
+
+    assert "occlusion" in AGREEMENT_REFERENCES
+    rng = np.random.default_rng(5)
+    maps = {k: rng.uniform(-1, 1, size=(6, 6)) for k in ("ais", "direction", "occlusion")}
+    maps.update({k: rng.uniform(0, 1, size=(6, 6)) for k in ("gradcam", "gradcampp", "saliency")})
+    got = image_figures(maps)
+    expected = agreement.compare(maps["ais"], np.abs(maps["occlusion"]))
+    for metric in ("cc", "sim", "kld"):
+        assert got[f"{metric}_occlusion"] == pytest.approx(expected[metric], rel=1e-12)
+        assert got[f"{metric}_gradcam"] == agreement.compare(maps["ais"], maps["gradcam"])[metric]
+    del maps["occlusion"]  # not computed (optional): NaN, not an error
+    assert all(math.isnan(image_figures(maps)[f"{m}_occlusion"]) for m in ("cc", "sim", "kld"))

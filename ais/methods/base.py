@@ -69,7 +69,7 @@ class LayerMap:
     scores), ``outputs`` (the map arrays it writes; default its name),
     ``scale_column`` (its max |value| is a column of the figures table),
     ``localization`` (``{column: (map, part, mask)}`` AUCs it is scored by on
-    masks), ``agreement_reference`` (|AIS| is compared with it) and
+    masks), ``agreement_reference`` (|AIS| is compared with its magnitude) and
     ``description`` (one sentence for the report), ``optional`` (costly:
     computed only when listed in ``heatmaps.optional_methods``; its maps,
     figures and views are absent otherwise). How it computes:

@@ -129,6 +129,7 @@ class Occlusion(LayerMap):
     optional = True  # a forward pass per patch position: listed in heatmaps.optional_methods to run
     localization = {"occlusion_pos_auc": ("occlusion", "pos", "raise"),
                     "occlusion_neg_auc": ("occlusion", "neg", "lower")}
+    agreement_reference = True  # |AIS| against |occlusion| (NaN when occlusion is not computed)
     description = ("the drop of the output when a patch is covered, averaged over the patches "
                    "covering each pixel (red: covering it lowers the output)")
 
