@@ -168,7 +168,8 @@ def list_archs() -> list[str]:
     return _ARCHS.names()
 
 
-# the built-in families (each module registers its own)
+# the built-in families (each module registers its own), in registration order: the schema's model.arch order
+# isort: off
 from ais.families import vgg as _vgg  # noqa: E402,F401
 from ais.families import resnet as _resnet  # noqa: E402,F401
 from ais.families import efficientnet as _efficientnet  # noqa: E402,F401
@@ -176,4 +177,4 @@ from ais.families import mobilenet as _mobilenet  # noqa: E402,F401
 from ais.families import convnext as _convnext  # noqa: E402,F401
 from ais.families import densenet as _densenet  # noqa: E402,F401
 from ais.families import regnet as _regnet  # noqa: E402,F401
-
+# isort: on

@@ -35,21 +35,8 @@ def post_order(module: nn.Module, prefix: str = "") -> Iterator[tuple[str, nn.Mo
         yield full, child
 
 
-class TorchvisionFamily(Family):
-    """A torchvision classification CNN with its own pooled head, the last Linear with ``n_outputs``."""
-
-    heads = ("gap",)
-    layer_kind = "nn.Conv2d or block"
-    #: Modules (beside every nn.Conv2d) whose output channels are units.
-    block_types: tuple[type[nn.Module], ...] = ()
-
-    def build(self, arch: str, head: str, n_outputs: int = 1) -> nn.Module:
-        """A randomly initialised ``arch`` (torch's global generator: seed it first), CPU, training mode."""
-        if head not in self.heads:
-            raise ValueError(f"model.head={head!r}: unknown head for {arch}; choose one of {', '.join(self.heads)}")
-        if arch not in self.archs:
-            raise ValueError(f"model.arch={arch!r} is not a {self.name} architecture ({', '.join(self.archs)})")
-        return torchvision.models.get_model(arch, weights=None, num_classes=n_outputs)
+class TorchvisionWeights(Family):
+    """Pretrained weights from torchvision's weights API (read with ``weights_only=True``) or a local file."""
 
     def fetch_weights(self, arch: str, weights: str, progress: bool = False) -> tuple[dict[str, Tensor], str]:
         """A torchvision weights name (``IMAGENET1K_V1``, ``DEFAULT``) or a local state-dict file."""
@@ -66,6 +53,23 @@ class TorchvisionFamily(Family):
             return list(torchvision.models.get_model_weights(arch).__members__)
         except (ValueError, KeyError):
             return []
+
+
+class TorchvisionFamily(TorchvisionWeights):
+    """A torchvision classification CNN with its own pooled head, the last Linear with ``n_outputs``."""
+
+    heads = ("gap",)
+    layer_kind = "nn.Conv2d or block"
+    #: Modules (beside every nn.Conv2d) whose output channels are units.
+    block_types: tuple[type[nn.Module], ...] = ()
+
+    def build(self, arch: str, head: str, n_outputs: int = 1) -> nn.Module:
+        """A randomly initialised ``arch`` (torch's global generator: seed it first), CPU, training mode."""
+        if head not in self.heads:
+            raise ValueError(f"model.head={head!r}: unknown head for {arch}; choose one of {', '.join(self.heads)}")
+        if arch not in self.archs:
+            raise ValueError(f"model.arch={arch!r} is not a {self.name} architecture ({', '.join(self.archs)})")
+        return torchvision.models.get_model(arch, weights=None, num_classes=n_outputs)
 
     def is_block(self, name: str, module: nn.Module) -> bool:
         """Whether ``module`` (named ``name``) is an explainable block of this family."""

@@ -26,17 +26,17 @@ Explainable layers: every ``nn.Conv2d`` (``auto`` = the last one,
 from __future__ import annotations
 
 from collections import OrderedDict
-from pathlib import Path
 
 import torch
 import torchvision
-from torch import Tensor, nn
+from torch import nn
 
-from ais.families import Family, register_family
+from ais.families import register_family
+from ais.families._torchvision import TorchvisionWeights
 from ais.layers import conv_layers
 
 
-class VGGFamily(Family):
+class VGGFamily(TorchvisionWeights):
     name = "vgg"
     archs = ("vgg11", "vgg11_bn", "vgg13", "vgg13_bn", "vgg16", "vgg16_bn", "vgg19", "vgg19_bn")
     heads = ("classifier", "gap")
@@ -72,22 +72,6 @@ class VGGFamily(Family):
             linear = model.classifier[-1]
             model.classifier = nn.Sequential(OrderedDict([("dropout", nn.Dropout(float(p))), ("0", linear)]))
         return model
-
-    def fetch_weights(self, arch: str, weights: str, progress: bool = False) -> tuple[dict[str, Tensor], str]:
-        """A torchvision weights name (``IMAGENET1K_V1``, ``DEFAULT``) or a local state-dict file."""
-        enum = torchvision.models.get_model_weights(arch)
-        if weights in enum.__members__ and not Path(weights).expanduser().exists():
-            member = enum[weights]
-            # weights_only=True: torchvision's default download path would unpickle arbitrary objects.
-            state_dict = member.get_state_dict(progress=progress, check_hash=True, weights_only=True)
-            return state_dict, f"torchvision {member!r} ({member.url})"
-        return super().fetch_weights(arch, weights, progress)
-
-    def weight_names(self, arch: str) -> list[str]:
-        try:
-            return list(torchvision.models.get_model_weights(arch).__members__)
-        except (ValueError, KeyError):
-            return []
 
     def output_layer(self, model: nn.Module) -> nn.Linear:
         last = model.classifier[-1]

@@ -110,5 +110,8 @@ def compute_maps(
     return out
 
 
+# registration order is the order of the maps and columns
+# isort: off
 from ais.methods import ais_map, direction, gradcam, gradcampp  # noqa: E402,F401  (register the built-ins)
 from ais.methods import primary, gradients, occlusion  # noqa: E402,F401
+# isort: on
