@@ -32,8 +32,6 @@ import argparse
 import json
 import statistics
 import sys
-import time
-from typing import Callable
 
 import numpy as np
 import torch
@@ -43,17 +41,7 @@ from ais.ablation import ChannelAblation, naive_ablation
 from ais.families import family_for, list_archs
 from ais.models import build_model
 from ais.targets import RegressionTarget
-
-
-def timed(fn: Callable[[], object], device: torch.device) -> tuple[float, object]:
-    """Wall-clock seconds of ``fn()`` (CUDA synchronised) and its result."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    start = time.perf_counter()
-    result = fn()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return time.perf_counter() - start, result
+from _timing import timed  # benchmarks/_timing.py, beside this script
 
 
 def sample_channels(n_channels: int, k: int) -> list[int]:

@@ -26,25 +26,13 @@ import argparse
 import json
 import statistics
 import sys
-import time
-from typing import Callable
 
 import numpy as np
 import torch
 
 from ais.families import family_for
 from ais.uncertainty import dropout_layers, mc_full_passes, mc_samples
-
-
-def timed(fn: Callable[[], object], device: torch.device) -> tuple[float, object]:
-    """Wall-clock seconds of ``fn()`` (CUDA synchronised) and its result."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    start = time.perf_counter()
-    out = fn()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return time.perf_counter() - start, out
+from _timing import timed  # benchmarks/_timing.py, beside this script
 
 
 def main(argv: list[str] | None = None) -> dict:

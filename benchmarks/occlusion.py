@@ -22,24 +22,13 @@ import argparse
 import json
 import statistics
 import sys
-import time
 from typing import Callable
 
 import torch
 
 from ais.families import family_for
 from ais.methods.occlusion import auto_batch, baseline, occlusion, window_masks
-
-
-def timed(fn: Callable[[], object], device: torch.device) -> tuple[float, object]:
-    """Wall-clock seconds of ``fn()`` (CUDA synchronised) and its result."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    start = time.perf_counter()
-    out = fn()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return time.perf_counter() - start, out
+from _timing import timed  # benchmarks/_timing.py, beside this script
 
 
 def loop(forward: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, masks: torch.Tensor,

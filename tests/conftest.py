@@ -34,6 +34,19 @@ def run_snakemake(workdir: Path, *args: str, check: bool = True, timeout: int = 
     return proc
 
 
+def small_cnn():
+    """A seeded two-conv CNN (BatchNorm, in-place ReLUs, pooled head) in eval mode, for method tests."""
+    import torch
+    from torch import nn
+
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(3, 6, 3, padding=1), nn.BatchNorm2d(6), nn.ReLU(inplace=True),
+        nn.Conv2d(6, 8, 3, padding=1), nn.ReLU(inplace=True),
+        nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(32, 1),
+    ).eval()
+
+
 @pytest.fixture
 def repo() -> Path:
     return REPO

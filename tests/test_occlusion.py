@@ -10,16 +10,9 @@ from torch import nn
 from ais.methods import compute_maps, get_method
 from ais.methods.occlusion import Occlusion, baseline, occlusion, window_masks, window_starts
 
+from conftest import small_cnn  # noqa: E402
+
 captum_attr = pytest.importorskip("captum.attr")
-
-
-def small_cnn() -> nn.Sequential:
-    torch.manual_seed(0)
-    return nn.Sequential(
-        nn.Conv2d(3, 6, 3, padding=1), nn.BatchNorm2d(6), nn.ReLU(inplace=True),
-        nn.Conv2d(6, 8, 3, padding=1), nn.ReLU(inplace=True),
-        nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(32, 1),
-    ).eval()
 
 
 X = torch.randn(3, 3, 11, 13, generator=torch.Generator().manual_seed(1))
