@@ -35,13 +35,13 @@ import sys
 
 import numpy as np
 import torch
+from _timing import timed  # benchmarks/_timing.py, beside this script
 from torch import nn
 
 from ais.ablation import ChannelAblation, naive_ablation
 from ais.families import family_for, list_archs
 from ais.models import build_model
 from ais.targets import RegressionTarget
-from _timing import timed  # benchmarks/_timing.py, beside this script
 
 
 def sample_channels(n_channels: int, k: int) -> list[int]:

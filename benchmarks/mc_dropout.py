@@ -29,10 +29,10 @@ import sys
 
 import numpy as np
 import torch
+from _timing import timed  # benchmarks/_timing.py, beside this script
 
 from ais.families import family_for
 from ais.uncertainty import dropout_layers, mc_full_passes, mc_samples
-from _timing import timed  # benchmarks/_timing.py, beside this script
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -25,10 +25,10 @@ import sys
 from typing import Callable
 
 import torch
+from _timing import timed  # benchmarks/_timing.py, beside this script
 
 from ais.families import family_for
 from ais.methods.occlusion import auto_batch, baseline, occlusion, window_masks
-from _timing import timed  # benchmarks/_timing.py, beside this script
 
 
 def loop(forward: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, masks: torch.Tensor,

@@ -5,12 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from conftest import small_cnn
 from torch import nn
 
 from ais.methods import compute_maps, get_method
 from ais.methods.gradients import GradientImportance, smoothgrad_noise
-
-from conftest import small_cnn  # noqa: E402
 
 captum_attr = pytest.importorskip("captum.attr")
 

@@ -5,12 +5,17 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from conftest import small_cnn
 from torch import nn
 
 from ais.methods import compute_maps, get_method
-from ais.methods.occlusion import Occlusion, baseline, occlusion, window_masks, window_starts
-
-from conftest import small_cnn  # noqa: E402
+from ais.methods.occlusion import (
+    Occlusion,
+    baseline,
+    occlusion,
+    window_masks,
+    window_starts,
+)
 
 captum_attr = pytest.importorskip("captum.attr")
 
