@@ -107,7 +107,8 @@ def peak_activations(
     if model.training:
         raise ValueError("the model must be in eval mode (model.eval())")
     target = model.get_submodule(layer) if isinstance(layer, str) else layer
-    source = (family or Family()).activation_module(model, target)
+    family = family or Family()
+    source = family.activation_module(model, target)
     idx = torch.as_tensor(list(channels), dtype=torch.long)
     kept: list[torch.Tensor] = []
     peaks, cells, grid = [], [], (0, 0)
@@ -115,7 +116,7 @@ def peak_activations(
     done = 0
     with Hooks() as hooks:
         hooks.add(source, lambda m, i, out: kept.append(
-            torch.relu(out.index_select(1, idx.to(out.device))).detach().float().cpu()))
+            torch.relu(family.to_grid(out).index_select(1, idx.to(out.device))).detach().float().cpu()))
         for x in batches:
             kept.clear()
             model(x.to(device))

@@ -24,8 +24,11 @@ def unit_channels(module: nn.Module) -> int | None:
     For a block (a residual block, a ``Sequential``): those of the last conv,
     BatchNorm, LayerNorm or Linear it registers, which for torchvision's
     ResNet, RegNet, EfficientNet, MobileNet and ConvNeXt blocks is the width of
-    the block's output. ``None`` when it holds none of them.
+    the block's output. A module that declares ``units`` (a ViT's unit sites,
+    :mod:`ais.families.vit`) has that many. ``None`` when it holds none of them.
     """
+    if isinstance(getattr(module, "units", None), int):
+        return int(module.units)
     found = None
     for m in module.modules():
         if isinstance(m, nn.Conv2d):

@@ -28,7 +28,7 @@ import numpy as np
 import pandas as pd
 
 from ais import agreement
-from ais.tables import AGREEMENT_REFERENCES, LOCALIZATION_AUCS
+from ais.tables import AGREEMENT_REFERENCES, IMAGE_STATS, LOCALIZATION_AUCS
 
 GALLERY_GROUPS = ("best", "median", "worst")
 UNLABELLED_GROUPS = ("highest", "median", "lowest")
@@ -57,8 +57,10 @@ def image_figures(maps: Mapping[str, np.ndarray], masks: Mapping[str, np.ndarray
     :data:`ais.tables.AGREEMENT_REFERENCES`. With ``masks`` (``{"raise": bool
     (H, W), "lower": bool (H, W)}``): ``raise_fraction``, ``lower_fraction``
     and every AUC of :data:`ais.tables.LOCALIZATION_AUCS` (NaN where a mask is
-    empty or full); without, those are NaN and ``has_mask`` is False. A
-    figure whose map is absent from ``maps`` (a method not computed) is NaN.
+    empty or full); without, those are NaN and ``has_mask`` is False. The
+    methods' per-image statistics (:data:`ais.tables.IMAGE_STATS`, e.g. the
+    spatial attention's entropy) need no mask. A figure whose map is absent
+    from ``maps`` (a method not computed) is NaN.
     """
     out: dict[str, Any] = {}
     for ref in AGREEMENT_REFERENCES:  # NaN against a reference whose map was not computed
@@ -73,6 +75,8 @@ def image_figures(maps: Mapping[str, np.ndarray], masks: Mapping[str, np.ndarray
     for name, (key, part, mask) in LOCALIZATION_AUCS.items():  # NaN for a map not computed (optional methods)
         out[name] = (agreement.localization_auc(_part(maps[key], part), masks[mask])
                      if masks is not None and key in maps else float("nan"))
+    for name, (key, stat) in IMAGE_STATS.items():  # the methods' per-image statistics (attention entropy)
+        out[name] = float(stat(maps[key])) if key in maps else float("nan")
     return out
 
 
@@ -93,7 +97,8 @@ def localization_report(table: pd.DataFrame) -> dict[str, Any]:
     Headline values (``ais_pos_auc``, ``ais_neg_auc``, ``gradcam_auc`` and the
     other :data:`ais.tables.LOCALIZATION_AUCS`) are means of the per-image
     AUCs over the images whose mask has both classes; null, with ``reason``,
-    when no image has masks (real data).
+    when no image has masks (real data). ``image_stats``: mean, median and
+    counts of each :data:`ais.tables.IMAGE_STATS` column over all images.
     """
     with_masks = table[table["has_mask"]] if len(table) else table
     out: dict[str, Any] = {
@@ -117,6 +122,7 @@ def localization_report(table: pd.DataFrame) -> dict[str, Any]:
         per_key[name] = stats
         out[name] = stats["mean"]
     out["per_key"] = per_key
+    out["image_stats"] = {name: _stats(table[name]) if len(table) else None for name in IMAGE_STATS}
     out["agreement"] = {
         ref: {metric: _stats(table[f"{metric}_{ref}"]) if len(table) else None for metric in ("cc", "sim", "kld")}
         for ref in AGREEMENT_REFERENCES

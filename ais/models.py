@@ -7,9 +7,18 @@ reports what it skipped (e.g. the ImageNet classifier's last layer) and
 refuses a mismatching backbone. Loading never executes code from a file:
 pickles are read with ``torch.load(weights_only=True)``.
 
+Head ``mlp`` (:func:`build_net`, for every family): the family's pooled
+head with its output ``Linear`` replaced by :class:`MLPHead`, the DINO
+seed's small classifier on pooled features: per hidden size ``h`` a
+``Dropout(p)``, ``Linear(., h)`` and ``ReLU`` (none after the last hidden
+layer unless ``last_relu``), then the output ``Linear``. The default
+``hidden [128, 64], dropout 0.3`` is the seed's order exactly: dropout,
+Linear(D, 128), ReLU, dropout, Linear(128, 64), Linear(64, K).
+
 A trained model is stored as ``model.safetensors`` plus ``model.json``
-(:func:`save_checkpoint`, which records the family, the task and the
-resolved target layer) and rebuilt with :func:`load_trained`.
+(:func:`save_checkpoint`, which records the family, the task, the
+resolved target layer and the MLP head's sizes) and rebuilt with
+:func:`load_trained`.
 """
 
 from __future__ import annotations
@@ -20,9 +29,10 @@ import math
 import os
 import pickle
 import random
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -33,7 +43,7 @@ from ais import io
 from ais.config import WEIGHT_SUFFIXES
 from ais.families import family_for
 from ais.provenance import file_hash, provenance
-from ais.tasks import get_task
+from ais.tasks.classification import task_from_spec
 
 logger = logging.getLogger(__name__)
 
@@ -72,9 +82,103 @@ def configure_determinism() -> None:
 # Building
 
 
+MLP_DEFAULTS: dict[str, Any] = {"hidden": [128, 64], "dropout": 0.3, "last_relu": False}
+
+
+class MLPHead(nn.Sequential):
+    """The ``mlp`` head: ``(N, D)`` pooled features to ``(N, n_outputs)``; its last child is the output Linear.
+
+    Children ``dropout{i}``, ``fc{i}``, ``relu{i}`` per hidden layer ``i``
+    (1-based; no ``relu`` after the last one unless ``last_relu``) and the
+    output ``Linear`` named ``out_name``. PyTorch's default initialisation,
+    from torch's global generator.
+    """
+
+    def __init__(self, in_features: int, n_outputs: int, hidden: Sequence[int] = (128, 64), dropout: float = 0.3,
+                 last_relu: bool = False, out_name: str | None = None) -> None:
+        hidden = [int(h) for h in hidden]
+        if any(h < 1 for h in hidden):
+            raise ValueError(f"model.mlp.hidden={hidden}: every hidden size must be >= 1")
+        if not 0 <= float(dropout) < 1:
+            raise ValueError(f"model.mlp.dropout={dropout}: must be in [0, 1)")
+        layers: list[tuple[str, nn.Module]] = []
+        width = int(in_features)
+        for i, h in enumerate(hidden, start=1):
+            layers += [(f"dropout{i}", nn.Dropout(float(dropout))), (f"fc{i}", nn.Linear(width, h))]
+            if i < len(hidden) or last_relu:
+                layers.append((f"relu{i}", nn.ReLU()))
+            width = h
+        layers.append((out_name or f"fc{len(hidden) + 1}", nn.Linear(width, n_outputs)))
+        super().__init__(OrderedDict(layers))
+        self.hidden, self.last_relu = hidden, bool(last_relu)
+
+    def spec(self) -> dict[str, Any]:
+        """``{"hidden", "dropout", "last_relu"}`` as built (the dropout of the first dropout layer)."""
+        drops = [m.p for m in self if isinstance(m, nn.Dropout)]
+        return {"hidden": list(self.hidden), "dropout": float(drops[0]) if drops else 0.0, "last_relu": self.last_relu}
+
+
+def mlp_head(model: nn.Module) -> MLPHead | None:
+    """The model's :class:`MLPHead`, or ``None`` when it has another head."""
+    return next((m for m in model.modules() if isinstance(m, MLPHead)), None)
+
+
+def build_net(family: Any, arch: str, head: str, n_outputs: int = 1,
+              mlp: Mapping[str, Any] | None = None) -> nn.Module:
+    """``family.build(arch, head, n_outputs)``, or for head ``mlp`` that family's pooled head with an :class:`MLPHead`.
+
+    The one place heads are made (training, loading, the config check).
+    ``mlp`` is the config's ``model.mlp`` (missing keys: :data:`MLP_DEFAULTS`).
+    The pooled head the MLP replaces is the family's ``gap`` (or its first
+    head); the MLP's input is what fed that head's output Linear. A
+    ``Sequential`` holding only that Linear (VGG's ``gap`` classifier) is
+    replaced whole, keeping the Linear's name for the output layer, so the
+    family's :meth:`~ais.families.Family.output_layer` finds it.
+    """
+    if head != "mlp":
+        if head not in family.heads:
+            raise ValueError(f"model.head={head!r}: unknown head for {arch}; choose one of "
+                             f"{', '.join((*family.heads, 'mlp'))}")
+        return family.build(arch, head, n_outputs)
+    cfg = {**MLP_DEFAULTS, **dict(mlp or {})}
+    unknown = sorted(set(cfg) - set(MLP_DEFAULTS))
+    if unknown:
+        raise ValueError(f"model.mlp: unknown key(s) {unknown}; allowed: {sorted(MLP_DEFAULTS)}")
+    base = "gap" if "gap" in family.heads else family.heads[0]
+    model = family.build(arch, base, n_outputs)
+    linear = family.output_layer(model)
+    name = next(n for n, m in model.named_modules() if m is linear)
+    parent_name, _, child = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    if isinstance(parent, nn.Sequential) and len(parent) == 1 and parent_name:
+        name, out_name = parent_name, child
+    else:
+        out_name = None
+    with torch.device(linear.weight.device):  # where the family built its head (CPU even inside a meta context)
+        new = MLPHead(linear.in_features, n_outputs, cfg["hidden"], cfg["dropout"], cfg["last_relu"], out_name)
+    model.set_submodule(name, new)
+    if family.output_layer(model) is not new[-1]:
+        raise ValueError(f"model.head=mlp: the {family.name} family's output_layer does not find the MLP head's "
+                         f"output Linear (it replaced {name}); that family cannot take an mlp head yet")
+    return model
+
+
+def set_head_dropout(family: Any, model: nn.Module, p: float | None) -> nn.Module:
+    """``model.head_dropout``: an MLP head's dropouts get ``p``; other heads as the family sets them."""
+    head = mlp_head(model)
+    if head is None or p is None:
+        return family.set_head_dropout(model, p)
+    if not 0 <= p < 1:
+        raise ValueError(f"model.head_dropout={p}: must be in [0, 1)")
+    for m in head:
+        if isinstance(m, nn.Dropout):
+            m.p = float(p)
+    return model
+
+
 def build_model(
     arch: str = "vgg16", head: str = "classifier", weights: str = "none", progress: bool = False,
-    n_outputs: int = 1,
+    n_outputs: int = 1, mlp: Mapping[str, Any] | None = None,
 ) -> nn.Module:
     """Model ``arch`` of its registered family with an ``n_outputs`` head.
 
@@ -83,9 +187,10 @@ def build_model(
     (torchvision's ``"IMAGENET1K_V1"``, ``"DEFAULT"``; downloaded once into
     the torch cache) or a path to a local state dict. The model is returned
     in training mode on the CPU. Input ``(N, 3, H, W)``, output ``(N, n_outputs)``.
+    ``mlp``: the sizes of head ``mlp`` (:func:`build_net`).
     """
     family = family_for(arch)
-    model = family.build(arch, head, n_outputs)
+    model = build_net(family, arch, head, n_outputs, mlp)
     if weights is None or str(weights).lower() == "none":
         return model
     state_dict, source = family.fetch_weights(arch, str(weights), progress)
@@ -272,6 +377,8 @@ def save_checkpoint(model: nn.Module, model_dir: str | os.PathLike, spec: Mappin
         output="score",  # raw output = predicted score on the training scale
         provenance=provenance(),
     )
+    if mlp_head(model) is not None:  # the sizes the MLP head was built with, for load_trained
+        stored["mlp"] = mlp_head(model).spec()
     io.write_json(model_dir / SPEC_FILE, stored)
     return stored
 
@@ -289,11 +396,11 @@ def load_trained(model_dir: str | os.PathLike, device: str | torch.device = "cpu
     expected = spec.get("weights_sha256")
     if expected and file_hash(weights_path) != expected:
         raise ValueError(f"{weights_path}: SHA-256 differs from the one recorded in {spec_path}; retrain or restore")
-    task = get_task(spec.get("task", "regression"))
+    task = task_from_spec(spec)  # a classifier: one output per class of model.json
     family = family_for(spec["arch"])
-    model = family.build(spec["arch"], spec["head"], task.n_outputs)
+    model = build_net(family, spec["arch"], spec["head"], task.n_outputs, spec.get("mlp"))
     if spec.get("head_dropout") is not None:  # not in the weights (no parameters): rebuilt as training built it
-        model = family.set_head_dropout(model, float(spec["head_dropout"]))
+        model = set_head_dropout(family, model, float(spec["head_dropout"]))
     state = load_file(str(weights_path), device="cpu")
     try:
         model.load_state_dict(state, strict=True)

@@ -238,7 +238,7 @@ def status(model: nn.Module, n_samples: int) -> dict[str, object]:
     if not layers:
         return {"status": "no dropout", "mc_samples": 0, "dropout_layers": [],
                 "reason": "the model's head has no dropout layer, so Monte-Carlo dropout has no spread to show; "
-                          "set model.head_dropout (e.g. 0.2) to add one"}
+                          "set model.head_dropout (e.g. 0.2) to add one, or use model.head: mlp (model.mlp.dropout)"}
     return {"status": "sampled", "mc_samples": int(n_samples), "dropout_layers": layers, "reason": None}
 
 

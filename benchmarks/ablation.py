@@ -24,6 +24,7 @@ prints, as its last line, one JSON object (with the path the engine took,
 
     .venv/bin/python benchmarks/ablation.py --arch vgg16 --size 224 --images 1
     .venv/bin/python benchmarks/ablation.py --arch resnet50 --layer layer4.2
+    .venv/bin/python benchmarks/ablation.py --arch vit_b_16   # the last block's 3072 MLP neurons
 """
 
 from __future__ import annotations
@@ -60,7 +61,12 @@ def captum_time(
     from captum.attr import LayerFeatureAblation
 
     target = RegressionTarget()
-    mask = torch.full((1, n_channels, 1, 1), len(channels), dtype=torch.long, device=device)
+    shapes = []  # the layer output's rank: (N, C, H, W); a ViT's neurons (N, C, T), heads (N, H, T, d)
+    handle = layer.register_forward_hook(lambda m, i, o: shapes.append(o.shape))
+    with torch.no_grad():
+        model(x)
+    handle.remove()
+    mask = torch.full((1, n_channels, *([1] * (len(shapes[0]) - 2))), len(channels), dtype=torch.long, device=device)
     for group, c in enumerate(channels):
         mask[0, c] = group
     ablator = LayerFeatureAblation(lambda inp: target(model(inp)), layer)
@@ -68,7 +74,7 @@ def captum_time(
         seconds, attr = timed(
             lambda: ablator.attribute(x, layer_mask=mask, perturbations_per_eval=32), device
         )
-    return seconds, attr[:, channels, 0, 0].float().cpu()
+    return seconds, attr.flatten(2)[:, channels, 0].float().cpu()
 
 
 def main(argv: list[str] | None = None) -> dict[str, object]:
@@ -83,7 +89,7 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     parser.add_argument("--captum-sample", type=int, default=31, help="channels timed with Captum (0: skip)")
     parser.add_argument("--repeats", type=int, default=5, help="repeats of forward and engine (median)")
     parser.add_argument("--channel-batch", default="auto", help="engine channel_batch (int or auto)")
-    parser.add_argument("--path", default="auto", choices=("auto", "lowrank", "tail", "generic"))
+    parser.add_argument("--path", default="auto", choices=("auto", "lowrank", "tail", "residual", "generic"))
     parser.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda if available)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
@@ -96,6 +102,11 @@ def main(argv: list[str] | None = None) -> dict[str, object]:
     family = family_for(args.arch)
     args.head = args.head or family.heads[0]
     model = build_model(args.arch, args.head).eval().to(device)
+    head = family.output_layer(model)
+    if not head.weight.any():  # torchvision's ViT head starts at zero: every delta would be 0
+        with torch.no_grad():
+            head.weight.normal_(0.0, 0.02)
+        print("output layer initialised at zero: drawn from N(0, 0.02) so deltas are not all 0", file=sys.stderr)
     x = torch.randn(args.images, 3, args.size, args.size, device=device)
     channel_batch = args.channel_batch if args.channel_batch == "auto" else int(args.channel_batch)
 

@@ -270,7 +270,7 @@ def test_optional_methods_and_their_schema_enum():
     from ais.tables import LOCALIZATION_AUCS
 
     optional = [m for m in list_methods() if get_method(m).optional]
-    assert optional == ["occlusion"]
+    assert optional == ["occlusion", "attention", "rollout"]  # attention, rollout: ViTs (tests/test_vit.py)
     heat = load_schema()["properties"]["heatmaps"]["properties"]
     assert heat["optional_methods"]["items"]["enum"] == optional
     assert "occlusion" not in configured_methods() and "occlusion" in configured_methods(["occlusion"])

@@ -338,10 +338,12 @@ class _Cuts:
     kept: tuple[str, ...]  # names of the kept values, in the prefix's output order
     captures: dict[str, tuple[str, str]] | None  # where hooks keep them in the model's own pass (None: prefix)
     reasons: dict[str, str]  # path -> why it does not apply
+    residual: Any = None  # a ViT block's units: ais.ablation.residual.ResidualPlan
 
     @property
     def available(self) -> list[str]:
-        return [p for p, ok in (("lowrank", self.lowrank), ("tail", self.tail)) if ok is not None] + ["generic"]
+        paths = (("lowrank", self.lowrank), ("tail", self.tail), ("residual", self.residual))
+        return [p for p, ok in paths if ok is not None] + ["generic"]
 
 
 def _cut_network(model: nn.Module, layer_name: str) -> _Cuts:

@@ -9,14 +9,16 @@ from typing import Any, Iterator, Mapping, Sequence
 import torch
 from torch import Tensor, nn
 
-from ais.ablation.cuts import _cut_network, _module_names
+from ais.ablation.cuts import _cut_network, _Cuts, _module_names
+from ais.ablation.residual import residual_plan
 from ais.hooks import Hooks
 from ais.layers import resolve_layer, unit_channels
 from ais.targets import RegressionTarget, Target
 
 logger = logging.getLogger(__name__)
 
-PATHS = ("lowrank", "tail", "generic")
+PATHS = ("lowrank", "tail", "generic")  # any model: the traced cuts (fastest first), else the whole model
+VIT_PATHS = ("residual", "generic")  # a ViT block's units (ais.ablation.residual), else the whole model
 DEFAULT_MEMORY_BUDGET = 1 << 30  # bytes of activations per ablated batch when channel_batch="auto"
 
 
@@ -62,8 +64,11 @@ def _rows(kept: Mapping[str, Tensor], names: Sequence[str], images: Tensor) -> d
 
 
 def _resolve(model: nn.Module, name: str, family: Any) -> str:
-    """The layer to ablate: by ``family`` when given; else any module with known output channels
-    (``auto``: the last conv)."""
+    """The layer to ablate: by ``family`` when given (a ViT's own family is found); else any module with
+    known output channels (``auto``: the last conv)."""
+    from ais.families.vit import token_family
+
+    family = token_family(model) if family is None else family
     if family is not None:
         return family.resolve_layer(model, name)
     modules = dict(model.named_modules())
@@ -114,7 +119,8 @@ class ChannelAblation:
         the model is moved there (``model.to(device)``, values unchanged).
     path:
         ``"auto"`` (``lowrank``, else ``tail``, else ``generic``) or one of
-        :data:`PATHS` (``ValueError`` if it does not apply to the model).
+        :data:`PATHS` or ``"residual"`` (a ViT block's units; ``ValueError``
+        if it does not apply to the model).
     family:
         The model's :class:`ais.families.Family`: ``target_layer`` is resolved
         against its explainable layers.
@@ -136,8 +142,8 @@ class ChannelAblation:
     ) -> None:
         if channel_batch != "auto" and not (isinstance(channel_batch, int) and channel_batch >= 1):
             raise ValueError(f"channel_batch must be a positive integer or 'auto', got {channel_batch!r}")
-        if path != "auto" and path not in PATHS:
-            raise ValueError(f"path must be 'auto' or one of {PATHS}, got {path!r}")
+        if path != "auto" and path not in PATHS + VIT_PATHS:
+            raise ValueError(f"path must be 'auto' or one of {PATHS + VIT_PATHS[:1]}, got {path!r}")
         require_eval(model)
         self.model = model
         self.layer_name = _resolve(model, target_layer, family)
@@ -155,7 +161,28 @@ class ChannelAblation:
         self._weight_cache: dict[int, tuple[int, int, Tensor]] = {}
         self._auto_batch: dict[tuple[int, ...], int] = {}
 
-        cuts = _cut_network(model, self.layer_name)
+        self._choose_path(model, path)
+        pieces = {"lowrank": (self._plan.between, self._plan.rest) if self._plan else (),
+                  "tail": (self._tail.head, self._tail.rest) if self._tail else (), "residual": (),
+                  "generic": ()}[self.path]
+        # the suffix reads values kept from before the layer: hooks keep them in the model's own pass where
+        # they can, else the traced prefix computes them (a second pass up to the layer)
+        self._kept = any(p.extras for p in pieces)
+        self._uses_prefix = self._kept and self._cuts.captures is None
+        if self.path != self._order[0]:
+            logger.info("%s: %s path (%s)", self.layer_name, self.path,
+                        "; ".join(f"not {p}: {why}" for p, why in self.why_not_faster().items()))
+
+    def _choose_path(self, model: nn.Module, path: str) -> None:
+        """Cut the network after the layer (a ViT block's units: the residual stream) and pick the path."""
+        self._residual, why_not_residual = residual_plan(model, self.layer_name)
+        if self._residual is not None:  # a ViT block's units: the residual stream, not a traced cut
+            why = "the units are a ViT block's MLP neurons or heads (the residual path applies)"
+            cuts = _Cuts(None, None, None, (), None, {"lowrank": why, "tail": why}, self._residual)
+        else:
+            cuts = _cut_network(model, self.layer_name)
+            cuts.reasons["residual"] = why_not_residual
+        self._order = VIT_PATHS if self._residual is not None else PATHS  # fastest first
         self._cuts, self._plan, self._tail = cuts, cuts.lowrank, cuts.tail
         self.reasons = cuts.reasons  # path -> why it does not apply
         if path == "auto":
@@ -164,15 +191,6 @@ class ChannelAblation:
             self.path = path
         else:
             raise ValueError(f"path {path!r} does not apply to {type(model).__name__}: {self.reasons[path]}")
-        pieces = {"lowrank": (self._plan.between, self._plan.rest) if self._plan else (),
-                  "tail": (self._tail.head, self._tail.rest) if self._tail else (), "generic": ()}[self.path]
-        # the suffix reads values kept from before the layer: hooks keep them in the model's own pass where
-        # they can, else the traced prefix computes them (a second pass up to the layer)
-        self._kept = any(p.extras for p in pieces)
-        self._uses_prefix = self._kept and cuts.captures is None
-        if self.path != PATHS[0]:
-            logger.info("%s: %s path (%s)", self.layer_name, self.path,
-                        "; ".join(f"not {p}: {why}" for p, why in self.why_not_faster().items()))
 
     # ----------------------------------------------------------------- public
 
@@ -192,6 +210,8 @@ class ChannelAblation:
                     y_abl = self._lowrank(fwd, idx)
                 elif self.path == "tail":
                     y_abl = self._tail_path(fwd, idx)
+                elif self.path == "residual":
+                    y_abl = self._residual_path(fwd, idx)
                 else:
                     y_abl = self._generic(x, fwd, idx)
             return fwd.y_pred.float().cpu(), y_abl.float().cpu()
@@ -211,7 +231,8 @@ class ChannelAblation:
 
     def why_not_faster(self) -> dict[str, str]:
         """For each path faster than the one taken, why it was not taken."""
-        return {p: self.reasons.get(p, f"path={self.path!r} was asked for") for p in PATHS[:PATHS.index(self.path)]}
+        order = self._order
+        return {p: self.reasons.get(p, f"path={self.path!r} was asked for") for p in order[:order.index(self.path)]}
 
     def describe(self) -> dict[str, object]:
         """The engine's settings, for provenance metadata."""
@@ -239,14 +260,16 @@ class ChannelAblation:
         sizes: dict[str, int] = {}
         kept: dict[str, Tensor] = {}
         key = tuple(x.shape[1:])
-        if self.path != "generic" and not self._uses_prefix:
+        if self.path == "residual":
+            self._residual.keep(self._hooks, kept)
+        elif self.path != "generic" and not self._uses_prefix:
             # clone: torchvision's ReLU(inplace=True) would overwrite the layer output
             self._hooks.add(self.layer, lambda m, i, o: captured.__setitem__("A", o.clone()))
             if self.path == "lowrank":
                 self._hooks.add(self._plan.linear, lambda m, i, o: captured.update(g=i[0].clone(), z=o.clone()))
             if self._kept:
                 self._keep_by_hooks(x, kept)
-        if self.channel_batch == "auto" and key not in self._auto_batch:
+        if self.channel_batch == "auto" and key not in self._auto_batch and self.path != "residual":
             for name, m in self.model.named_modules():
                 if not any(True for _ in m.children()):
                     self._hooks.add(m, lambda m, i, o, name=name: sizes.__setitem__(name, _per_sample(o)))
@@ -263,7 +286,7 @@ class ChannelAblation:
             if self.path == "lowrank":
                 captured["g"] = self._plan.between(captured["A"].clone(), _clones(kept))
                 captured["z"] = self._plan.linear(captured["g"])
-        A = captured.get("A")
+        A = captured.get("A", kept.get("A"))
         if A is not None and (A.ndim < 2 or A.shape[1] != self.n_channels):
             raise RuntimeError(f"{self.layer_name}'s output has shape {tuple(A.shape)}, expected "
                                f"{self.n_channels} channels in dimension 1")
@@ -369,6 +392,17 @@ class ChannelAblation:
             copies[torch.arange(len(images), device=A.device), chans] = B0[source, chans]
             out.append(self.target(plan.rest(copies, _rows(kept, plan.rest.extras, images))))
         return torch.cat(out).view(len(A), len(idx))
+
+    def _residual_path(self, fwd: _Forward, idx: Tensor) -> Tensor:
+        """A ViT block's units on the residual stream (:mod:`ais.ablation.residual`): the later blocks on copies."""
+        plan, n = self._residual, len(fwd.y_pred)
+        if self.channel_batch != "auto":
+            rows = int(self.channel_batch)
+        else:
+            rows = max(1, self.memory_budget // (3 * 4 * plan.per_copy(fwd.kept)))
+        y = plan.ablate(fwd.kept, self._pairs(n, idx, rows), self.target,
+                        lambda y, what: self._check(y, fwd.y_pred, what))
+        return y.view(n, len(idx))
 
     def _generic(self, x: Tensor, fwd: _Forward, idx: Tensor) -> Tensor:
         """The whole model on copies of the images, the layer's output masked by a hook."""

@@ -27,7 +27,9 @@ def naive_ablation(
     zero and restored (in ``finally``); for any other layer (a residual
     block, a BatchNorm) a forward hook returns the layer's output with
     channel ``c`` zeroed. ``target_layer`` is resolved as the engine resolves
-    it (by ``family`` when given). Returns ``y_pred`` ``(N,)`` and
+    it (by ``family`` when given). A ViT's unit site (:mod:`ais.families.vit`,
+    units on axis 1) gets MLP neuron ``c`` zeroed at every token, or head
+    ``c``'s output before the out-projection. Returns ``y_pred`` ``(N,)`` and
     ``y_ablated`` ``(N, K)`` on the CPU. Slow (``K + 1`` full forward
     passes); for tests and benchmarks. ``x`` is cast to the model's dtype.
     """

@@ -116,6 +116,14 @@ class Family:
         """A layer's output as ``(N, C, h, w)``: units by spatial grid (identity for CNNs)."""
         return output
 
+    def grid_gradient(self, output: Tensor, grad: Tensor) -> Tensor:
+        """The gradient ``grad`` with respect to ``output`` as one with respect to ``to_grid(output)``."""
+        return self.to_grid(grad)
+
+    def attention_modules(self, model: nn.Module) -> list[nn.Module]:
+        """Modules whose outputs are attention weights ``(N, H, T, T)``, block by block (none for CNNs)."""
+        return []
+
 
 def _before_relu(layer: nn.Module, following: Sequence[nn.Module]) -> nn.Module:
     before = layer
@@ -177,4 +185,8 @@ from ais.families import mobilenet as _mobilenet  # noqa: E402,F401
 from ais.families import convnext as _convnext  # noqa: E402,F401
 from ais.families import densenet as _densenet  # noqa: E402,F401
 from ais.families import regnet as _regnet  # noqa: E402,F401
+from ais.families import vit as _vit  # noqa: E402,F401
+from ais.families import timm_vit as _timm_vit  # noqa: E402,F401
+from ais.families import hf_vit as _hf_vit  # noqa: E402,F401
+from ais.families import attention_cnn as _attention_cnn  # noqa: E402,F401
 # isort: on

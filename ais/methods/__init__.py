@@ -20,6 +20,7 @@ Add a method: one module with a ``LayerMap`` subclass and one
 
 from __future__ import annotations
 
+import logging
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import numpy as np
@@ -32,6 +33,8 @@ if TYPE_CHECKING:
     from ais.targets import Target
 
 __all__ = ["compute_maps", "configured_methods", "get_method", "list_methods", "map_keys", "register_method", "unregister_method"]
+
+logger = logging.getLogger(__name__)
 
 _METHODS: Registry[type["LayerMap"]] = Registry("map method")
 
@@ -97,11 +100,14 @@ def compute_maps(
     from ais.methods.base import normalize_max_abs
 
     instances = [get_method(m)(model, target_layer, target, family) for m in (methods or list_methods())]
+    instances = [m for m in instances if not _not_applicable(m)] or instances[:1]  # the first one captures
     needs_grad = any(m.uses_gradients for m in instances)
-    cap = instances[0].capture(x, gradients=needs_grad)
+    cap = instances[0].capture(x, gradients=needs_grad, attention=any("attention" in m.needs for m in instances))
     size = tuple(x.shape[-2:])
     out: dict[str, np.ndarray] = {}
     for method in instances:
+        if method.not_applicable():
+            continue
         raw = method.raw_maps(cap, size, inputs or {})
         for name, scale in method.scales(raw).items():
             out[name] = normalize_max_abs(raw[name], scale).float().cpu().numpy()
@@ -110,8 +116,23 @@ def compute_maps(
     return out
 
 
+_SAID: set[tuple[str, str]] = set()
+
+
+def _not_applicable(method: "LayerMap") -> str:
+    """Why ``method`` does not apply to its model (logged once per method and model class), or ``""``."""
+    why = method.not_applicable()
+    key = (method.name, type(method.model).__name__)
+    if why and key not in _SAID:
+        _SAID.add(key)
+        logger.info("%s: no map (%s)", method.name, why)
+    return why
+
+
 # registration order is the order of the maps and columns
 # isort: off
 from ais.methods import ais_map, direction, gradcam, gradcampp  # noqa: E402,F401  (register the built-ins)
 from ais.methods import primary, gradients, occlusion  # noqa: E402,F401
+from ais.methods import attention, rollout  # noqa: E402,F401
+from ais.methods import attention_map  # noqa: E402,F401
 # isort: on

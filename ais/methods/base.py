@@ -50,7 +50,10 @@ class Capture:
     output. ``activation`` (N, C, h, w): its post-ReLU activation.
     ``grad`` (N, C, h, w): d target_n / d conv_n, or None when no gradient
     was asked for. ``x`` (N, 3, H, W): the input batch, for methods that run
-    the model themselves (occlusion, input gradients).
+    the model themselves (occlusion, input gradients). A ViT's token outputs
+    are on the patch grid (:meth:`ais.families.Family.to_grid`).
+    ``attention``: the attention weights ``(N, heads, T, T)`` of each block
+    (:meth:`ais.families.Family.attention_modules`) when asked for, else None.
     """
 
     output: Tensor
@@ -58,6 +61,7 @@ class Capture:
     activation: Tensor
     grad: Tensor | None
     x: Tensor | None = None
+    attention: list[Tensor] | None = None
 
 
 class LayerMap:
@@ -97,6 +101,7 @@ class LayerMap:
         self.model = model
         self.layer = _submodule(model, target_layer)
         family = family or Family()  # without a family: plain-CNN defaults, every nn.Conv2d
+        self.family = family
         explainable = set(family.explainable_layers(model))
         if not any(m is self.layer and name in explainable for name, m in model.named_modules()):
             raise TypeError(f"target layer must be an explainable layer of the model ({family.layer_kind}), "
@@ -108,6 +113,10 @@ class LayerMap:
     def uses_gradients(self) -> bool:
         return "gradients" in self.needs
 
+    def not_applicable(self) -> str:
+        """Why this method does not apply to the model (it then writes no map), or ``""``."""
+        return ""
+
     @classmethod
     def map_names(cls) -> tuple[str, ...]:
         """The map arrays this method writes."""
@@ -115,24 +124,31 @@ class LayerMap:
 
     # -- passes ---------------------------------------------------------------
 
-    def capture(self, x: Tensor, gradients: bool | None = None) -> Capture:
-        """Run the model on ``x`` (N, 3, H, W) with hooks; gradients if ``gradients`` (default: the method's need)."""
+    def capture(self, x: Tensor, gradients: bool | None = None, attention: bool | None = None) -> Capture:
+        """Run the model on ``x`` (N, 3, H, W) with hooks; gradients if ``gradients``, attention weights if
+        ``attention`` (defaults: the method's needs)."""
         gradients = self.uses_gradients if gradients is None else gradients
+        attention = "attention" in self.needs if attention is None else attention
         modes = {m: m.training for m in self.model.modules()}
-        kept: dict[str, Tensor] = {}
+        kept: dict[Any, Tensor] = {}
         hooks = Hooks()
         try:
             self.model.eval()
             hooks.keep_output(self.layer, kept, "conv", require_grad=gradients)
             if self.pre_activation is not self.layer:
                 hooks.keep_output(self.pre_activation, kept, "pre")
+            probs = self.family.attention_modules(self.model) if attention else []
+            for i, module in enumerate(probs):
+                hooks.keep_output(module, kept, ("attention", i))
             with torch.set_grad_enabled(gradients):
                 output = self.model(x)
                 conv = kept["conv"]
                 grad = self._gradient(output, conv, len(x)) if gradients else None
-                activation = F.relu(kept.get("pre", conv).detach())
-            return Capture(output=output.detach(), conv=conv.detach(), activation=activation, grad=grad,
-                           x=x.detach())
+            grid = self.family.to_grid
+            return Capture(output=output.detach(), conv=grid(conv.detach()),
+                           activation=F.relu(grid(kept.get("pre", conv).detach())),
+                           grad=None if grad is None else self.family.grid_gradient(conv.detach(), grad), x=x.detach(),
+                           attention=[kept[("attention", i)].detach() for i in range(len(probs))] if attention else None)
         finally:
             hooks.remove()
             for m, training in modes.items():
