@@ -8,7 +8,7 @@ CORES ?= 8
 # setup_slurm.sh needs root (packages, /etc/slurm, daemons).
 SUDO ?= $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
 
-.PHONY: run test test-slurm bench bench-dag clean-results lint dry-run
+.PHONY: run run-classification test test-slurm bench bench-dag clean-results lint dry-run
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -24,6 +24,10 @@ $(SLURM_STAMP): $(STAMP)
 
 run: $(STAMP)
 	$(VENV)/bin/snakemake --cores $(CORES)
+
+# A real-vs-generated detector on the same demo, labelled (results/classification/).
+run-classification: $(STAMP)
+	$(VENV)/bin/snakemake --cores $(CORES) --configfile config-classification.yaml
 
 test: $(STAMP)
 	sh tests/tools/ensure_chromium.sh

@@ -1,8 +1,10 @@
 """Image-sheet intake: read the user's sheet, check every row and image, split; read the manifest back.
 
 The sheet is a CSV, TSV or Parquet table with one row per image: a path
-column (relative to ``data.root``), a score column (empty = unlabelled), and
-optionally an id column and a split column. Every problem is reported with
+column (relative to ``data.root``), a score column (empty = unlabelled) or,
+for classification, a label column (a class name of ``data.classes`` or its
+0-based index; empty = unlabelled), and optionally an id, a split and a group
+column. Classification splits are stratified (the seeded split per class). Every problem is reported with
 the sheet's file name, the row number (1-based data row, as a spreadsheet
 shows it minus the header) and the column. Writing the manifest is the
 stage's (:mod:`ais.stages.intake_sheet`).
@@ -77,13 +79,24 @@ class SheetSpec:
     id_column: str | None = None
     split_column: str | None = None
     mask_column: str | None = None
+    label_column: str | None = None  # classification: class names (or indices into classes) replace scores
+    classes: tuple[str, ...] | None = None
+    group_column: str | None = None
 
     @classmethod
     def from_config(cls, data: Mapping[str, Any], **overrides: Any) -> "SheetSpec":
-        keys = ("sheet", "root", "image_column", "score_column", "id_column", "split_column")
+        keys = ("sheet", "root", "image_column", "score_column", "id_column", "split_column", "label_column",
+                "group_column")
         values = {k: data.get(k) for k in keys if data.get(k) is not None}
+        if data.get("classes") is not None:
+            values["classes"] = tuple(str(c) for c in data["classes"])
         values.update(overrides)
         return cls(**values)
+
+    @property
+    def target_column(self) -> str:
+        """The column with each image's truth: the label column (classification) or the score column."""
+        return self.label_column or self.score_column
 
 
 def read_sheet(path: str | os.PathLike) -> pd.DataFrame:
@@ -195,6 +208,37 @@ def _parse_score(value: Any) -> tuple[float | None, str | None]:
     if not math.isfinite(number):
         return None, f"score {value!r} is not finite (leave the cell empty for an unlabelled image)"
     return number, None
+
+
+def parse_label(value: Any, classes: tuple[str, ...]) -> tuple[float | None, str | None]:
+    """Return (class index, None), (None, None) for an empty cell, or (None, reason).
+
+    A cell is a class name of ``classes`` (exact, surrounding blanks ignored) or, when it names no class,
+    a 0-based index into them (``0``, ``1``; a Parquet integer). Anything else is refused, listing the classes.
+    """
+    if _is_missing(value):
+        return None, None
+    text = str(value).strip()
+    if text == "":
+        return None, None
+    if text in classes:
+        return float(classes.index(text)), None
+    if not isinstance(value, bool) and re.fullmatch(r"[0-9]+", text) and int(text) < len(classes):
+        return float(int(text)), None
+    return None, (f"class {value!r} is not one of data.classes ({', '.join(classes)}) nor an index 0..{len(classes) - 1}; "
+                  "fix the cell, add the class to data.classes, or leave it empty for an unlabelled image")
+
+
+def label_problems(sheet: pd.DataFrame, spec: "SheetSpec", limit: int = 20) -> list[str]:
+    """``row N (column): reason`` for each label cell :func:`parse_label` refuses (at most ``limit`` lines)."""
+    if not spec.label_column or spec.label_column not in sheet.columns or not spec.classes:
+        return []
+    out = []
+    for i, value in zip(sheet.index, sheet[spec.label_column]):
+        why = parse_label(value, spec.classes)[1]
+        if why:
+            out.append(f"  row {int(i) + 1} ({spec.label_column}): {why}")
+    return out[:limit] + ([f"  ... and {len(out) - limit} more"] if len(out) > limit else [])
 
 
 def _text_score_reason(value: str, text: str) -> str:
@@ -335,15 +379,15 @@ def common_folders(paths: pd.Series) -> list[str]:
 
 def _check_columns(sheet: pd.DataFrame, spec: SheetSpec) -> None:
     """Refuse a sheet that lacks a column the spec names."""
-    needed = [spec.image_column, spec.score_column] + [
-        c for c in (spec.id_column, spec.split_column, spec.mask_column) if c
+    needed = [spec.image_column, spec.target_column] + [
+        c for c in (spec.id_column, spec.split_column, spec.mask_column, spec.group_column) if c
     ]
     missing = [c for c in needed if c not in sheet.columns]
     if missing:
         raise SheetError(
             f"{spec.sheet}: missing column(s) {', '.join(repr(c) for c in missing)}; the sheet has "
             f"{', '.join(repr(str(c)) for c in sheet.columns)}. Rename them or set data.image_column / "
-            "data.score_column / data.id_column / data.split_column."
+            "data.score_column / data.label_column / data.id_column / data.split_column / data.group_column."
         )
 
 
@@ -370,7 +414,10 @@ def _check_row(rec: Mapping[str, Any], row: int, check: _RowCheck) -> dict[str, 
     spec = check.spec
     rel = rec[spec.image_column]
     path = _checked(_resolve_path(check.root, rel), spec.image_column, rel)
-    score = _checked(_parse_score(rec[spec.score_column]), spec.score_column, rel)
+    if spec.label_column:
+        score = _checked(parse_label(rec[spec.label_column], spec.classes or ()), spec.label_column, rel)
+    else:
+        score = _checked(_parse_score(rec[spec.score_column]), spec.score_column, rel)
     image_id = _row_id(rec, rel, check)
     split = _row_split(rec, rel, score, spec)
     try:
@@ -384,7 +431,16 @@ def _check_row(rec: Mapping[str, Any], row: int, check: _RowCheck) -> dict[str, 
     return {
         "image_id": image_id, "path": path, "y_true": score, "split": split,
         "width": width, "height": height, "sheet_row": row, "mask": mask,
+        "label": None if score is None or not spec.label_column else spec.classes[int(score)],
+        "group": _row_group(rec, spec),
     }
+
+
+def _row_group(rec: Mapping[str, Any], spec: SheetSpec) -> str | None:
+    """The group column's text (``None`` without the column or for an empty cell)."""
+    if not spec.group_column or _is_missing(rec[spec.group_column]):
+        return None
+    return str(rec[spec.group_column]).strip() or None
 
 
 def _checked(result: tuple[Any, str | None], column: str, path: Any) -> Any:
@@ -484,7 +540,7 @@ def _assign_splits(manifest: pd.DataFrame, spec: SheetSpec, splits: Mapping[str,
     blank = labelled & manifest["split"].isna()
     notes: list[str] = []
     if blank.any():
-        assignment = seeded_split(manifest.loc[blank, "image_id"].tolist(), splits, seed)
+        assignment = _seeded_assignment(manifest.loc[blank], splits, seed, stratified=bool(spec.label_column))
         manifest.loc[blank, "split"] = manifest.loc[blank, "image_id"].map(assignment)
         if spec.split_column:
             notes.append(f"{int(blank.sum())} labelled row(s) with an empty '{spec.split_column}' cell were "
@@ -492,8 +548,32 @@ def _assign_splits(manifest: pd.DataFrame, spec: SheetSpec, splits: Mapping[str,
     if spec.split_column:
         notes += carve_val(manifest, splits["val"], seed)
     out = manifest.sort_values("image_id", kind="stable").reset_index(drop=True)
+    if spec.label_column:
+        check_classes_in_train(out, spec.classes or (), str(spec.sheet))
     out.attrs["split_notes"] = notes
     return out
+
+
+def _seeded_assignment(rows: pd.DataFrame, splits: Mapping[str, float], seed: int, stratified: bool) -> dict[str, str]:
+    """:func:`seeded_split` of the rows' ids; ``stratified``: of each class's ids apart (by ``y_true``)."""
+    if not stratified:
+        return seeded_split(rows["image_id"].tolist(), splits, seed)
+    out: dict[str, str] = {}
+    for _, part in rows.groupby("y_true", sort=True):
+        out.update(seeded_split(part["image_id"].tolist(), splits, seed))
+    return out
+
+
+def check_classes_in_train(manifest: pd.DataFrame, classes: tuple[str, ...], source: str) -> None:
+    """Refuse a split whose ``train`` part lacks a class (the model could never learn it), with the counts."""
+    y, split = manifest["y_true"], manifest["split"]
+    missing = [c for k, c in enumerate(classes) if not ((y == k) & (split == "train")).any()]
+    if missing:
+        counts = "; ".join(f"{c}: " + ", ".join(f"{s} {int(((y == k) & (split == s)).sum())}" for s in LABELLED_SPLITS)
+                           for k, c in enumerate(classes))
+        raise SheetError(f"{source}: class(es) {', '.join(repr(c) for c in missing)} have no labelled train image; "
+                         f"every class of data.classes needs training images (per class: {counts}). Label more "
+                         "images of that class, change the split column, or remove the class from data.classes.")
 
 
 def carve_val(manifest: pd.DataFrame, val_fraction: float, seed: int) -> list[str]:

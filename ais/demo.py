@@ -15,6 +15,13 @@ painted. Each region carries one artefact type (see :data:`ARTEFACTS`):
   noise), ``defocus`` (slight Gaussian blur) and ``chromatic_aberration``
   (red and blue channels shifted apart along the radius of the lens).
 
+Each image also has a **label** for real-vs-generated detectors (:func:`label_of`):
+``generated`` when at least one region carries a generator artefact (a region
+that lowers realism), ``real`` when it carries only camera traits or no
+region at all. The evidence of each class is the union mask of its regions
+(:data:`CLASS_EVIDENCE`: ``generated`` -> the ``lower`` mask, ``real`` -> the
+``raise`` mask), so localisation can be measured for the explained class.
+
 The latent realism of an image is ``BASE_REALISM + sum over raise regions of
 weight * strength * area - sum over lower regions of weight * strength *
 area`` with ``area`` the region's fraction of the image, ``strength`` in
@@ -31,11 +38,12 @@ arrays, rows and records), under the output folder:
 - ``masks/demo-0000.png``: 8-bit greyscale PNG of the same size whose pixel
   value is a bit field, bit ``ARTEFACTS[name].bit`` set where artefact
   ``name`` was painted; read it with :func:`load_mask`;
-- ``sheet.csv``: columns ``path``, ``score`` (empty for unlabelled images) and
-  ``mask``, both paths relative to ``out_dir`` -- an ordinary image sheet;
+- ``sheet.csv``: columns ``path``, ``score`` (empty for unlabelled images),
+  ``mask`` (both paths relative to ``out_dir``) and ``label`` (``real`` or
+  ``generated``; empty for unlabelled images) -- an ordinary image sheet;
 - ``demo.json``: the generator parameters, the artefact types and, per
   image, the regions placed (type, shape, box, strength, area), the latent
-  realism and the score.
+  realism, the score and the label.
 
 Everything is a deterministic function of the parameters: image ``i`` uses
 its own ``numpy.random.default_rng([seed, i, ...])`` streams, so an image does
@@ -97,6 +105,12 @@ ARTEFACTS: dict[str, Artefact] = {
 LOWER = tuple(k for k, a in ARTEFACTS.items() if a.effect == "lower")
 RAISE = tuple(k for k, a in ARTEFACTS.items() if a.effect == "raise")
 
+#: The demo's classes for real-vs-generated detectors, in ``data.classes`` order.
+CLASSES = ("real", "generated")
+#: Per class, the :func:`load_mask` union whose regions carry its evidence: generator
+#: artefacts (the regions that lower realism) for ``generated``, camera traits for ``real``.
+CLASS_EVIDENCE = {"generated": "lower", "real": "raise"}
+
 
 @dataclass
 class Region:
@@ -128,6 +142,19 @@ class DemoImage:
     mask: np.ndarray
     regions: list[Region] = field(default_factory=list)
     latent: float = BASE_REALISM
+
+    @property
+    def label(self) -> str:
+        """``generated`` or ``real``: :func:`label_of` the image's regions."""
+        return label_of(self.regions)
+
+
+def label_of(regions: Iterable[Region]) -> str:
+    """``generated`` when any region is a generator artefact (effect ``lower``), else ``real``.
+
+    An image with only camera traits (effect ``raise``) or with no region at all is ``real``.
+    """
+    return "generated" if any(ARTEFACTS[r.type].effect == "lower" for r in regions) else "real"
 
 
 # --------------------------------------------------------------------------- base scene
@@ -406,9 +433,14 @@ class DemoEntry:
     def mask_path(self) -> str:
         return f"masks/{self.name}"
 
-    def sheet_row(self) -> tuple[str, str, str]:
-        """The row of ``sheet.csv``: path, score (4 decimals; empty when unlabelled), mask."""
-        return (self.path, "" if self.score is None else f"{self.score:.4f}", self.mask_path)
+    @property
+    def label(self) -> str | None:
+        """The image's class (:func:`label_of`); ``None`` when unlabelled, as its score."""
+        return None if self.score is None else self.demo.label
+
+    def sheet_row(self) -> tuple[str, str, str, str]:
+        """The row of ``sheet.csv``: path, score (4 decimals; empty when unlabelled), mask, label (empty when unlabelled)."""
+        return (self.path, "" if self.score is None else f"{self.score:.4f}", self.mask_path, self.label or "")
 
     def record(self) -> dict:
         """The image's entry in ``demo.json``."""
@@ -417,6 +449,7 @@ class DemoEntry:
             "mask": self.mask_path,
             "latent": round(self.demo.latent, 6),
             "score": None if self.score is None else round(self.score, 4),
+            "label": self.label,
             "regions": [r.to_json() for r in self.demo.regions],
         }
 
@@ -445,11 +478,11 @@ def png_bytes(arr: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
-def sheet_csv(rows: Iterable[tuple[str, str, str]]) -> str:
-    """The text of ``sheet.csv``: header ``path,score,mask``, then ``rows`` (:meth:`DemoEntry.sheet_row`)."""
+def sheet_csv(rows: Iterable[tuple[str, str, str, str]]) -> str:
+    """The text of ``sheet.csv``: header ``path,score,mask,label``, then ``rows`` (:meth:`DemoEntry.sheet_row`)."""
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(["path", "score", "mask"])
+    writer.writerow(["path", "score", "mask", "label"])
     writer.writerows(rows)
     return buf.getvalue()
 
@@ -468,6 +501,12 @@ def describe(params: DemoParams, records: list[dict]) -> dict:
             "range": list(SCORE_RANGE),
         },
         "mask_encoding": "8-bit greyscale PNG; bit `bit` of a pixel is set inside a region of that artefact",
+        "label": {
+            "classes": list(CLASSES),
+            "rule": "generated when the image has at least one region that lowers realism (a generator "
+            "artefact); real when it has only camera traits or no region; empty when unlabelled",
+            "evidence": dict(CLASS_EVIDENCE),
+        },
         "artefacts": {
             k: {"bit": a.bit, "effect": a.effect, "weight": a.weight, "imitates": a.imitates}
             for k, a in ARTEFACTS.items()

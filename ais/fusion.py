@@ -28,6 +28,11 @@ Per row (:func:`fuse`):
   (z < 0 and sign != 0: a below-average |Δy| turns a helpful channel into a
   negative score). It is computed from z whatever ``magnitude`` is chosen, so
   the output counts how many scores the seed's choice affects.
+
+Classification (:mod:`ais.tasks.classification`): y is the explained class's
+log-odds and the error the true class's cross-entropy; the same formulas hold
+(``raises`` = towards the explained class), and :func:`quadrant_words` names
+the quadrants in the task's words ("helpful, towards generated").
 """
 
 from __future__ import annotations
@@ -299,8 +304,21 @@ def channel_table(
     return table, reliability
 
 
-def summarize(fused: pd.DataFrame, reliability: Mapping[str, Any], scope: str, magnitude: str) -> dict[str, Any]:
-    """Counts per quadrant, flipped scores and the reliabilities, as plain JSON-able values."""
+def quadrant_words(raises: str, lowers: str) -> dict[str, str]:
+    """Each quadrant in a task's words (:class:`ais.tasks.TaskWords` ``raises`` / ``lowers``).
+
+    ``helpful-raises`` -> ``"helpful, raises realism"`` (regression) or ``"helpful, towards generated"``.
+    """
+    direction = {"raises": raises, "lowers": lowers, "none": "no change"}
+    return {f"{h}-{d}": f"{h}, {direction[d]}" for h in HELPFULNESS for d in DIRECTIONS}
+
+
+def summarize(fused: pd.DataFrame, reliability: Mapping[str, Any], scope: str, magnitude: str,
+              words: tuple[str, str] | None = None) -> dict[str, Any]:
+    """Counts per quadrant, flipped scores and the reliabilities, as plain JSON-able values.
+
+    ``words``: the task's ``(raises, lowers)``; then ``quadrant_words`` names each quadrant in them.
+    """
     counts = fused["quadrant"].value_counts()
     signed = int((fused["sign"] != 0).sum())
     n_flipped = int(fused["flipped"].sum())
@@ -317,6 +335,7 @@ def summarize(fused: pd.DataFrame, reliability: Mapping[str, Any], scope: str, m
         "n_flipped": n_flipped,
         "fraction_flipped": n_flipped / signed if signed else float("nan"),
         "reliability": dict(reliability),
+        **({"quadrant_words": quadrant_words(*words)} if words is not None else {}),
     }
 
 

@@ -12,7 +12,10 @@ from typing import Protocol
 import torch
 from torch import Tensor
 
-__all__ = ["ClassLogitTarget", "ClassProbabilityTarget", "NegatedTarget", "RegressionTarget", "Target"]
+__all__ = [
+    "ClassLogOddsTarget", "ClassLogProbTarget", "ClassLogitTarget", "ClassProbabilityTarget", "NegatedTarget",
+    "RegressionTarget", "Target",
+]
 
 
 class Target(Protocol):
@@ -54,6 +57,39 @@ class ClassProbabilityTarget:
 
     def __repr__(self) -> str:
         return f"ClassProbabilityTarget({self.index})"
+
+
+class ClassLogOddsTarget:
+    """Log-odds of class ``index`` for logits ``(N, K)``: ``log p_k - log(1 - p_k)``, ``(N,)``.
+
+    Computed from the logits without forming a probability: ``z_k - logsumexp_{j != k} z_j``
+    (two classes: ``z_k - z_other``), exact and finite for any finite logits, differentiable.
+    """
+
+    def __init__(self, index: int) -> None:
+        self.index = index
+
+    def __call__(self, output: Tensor) -> Tensor:
+        z = output.reshape(output.shape[0], -1)
+        mask = torch.zeros(z.shape[1], dtype=torch.bool, device=z.device)
+        mask[self.index] = True
+        return z[:, self.index] - torch.logsumexp(z.masked_fill(mask, float("-inf")), dim=1)
+
+    def __repr__(self) -> str:
+        return f"ClassLogOddsTarget({self.index})"
+
+
+class ClassLogProbTarget:
+    """Log-softmax of class ``index`` for logits ``(N, K)``, ``(N,)``: minus the cross-entropy of that class."""
+
+    def __init__(self, index: int) -> None:
+        self.index = index
+
+    def __call__(self, output: Tensor) -> Tensor:
+        return torch.log_softmax(output.reshape(output.shape[0], -1), dim=1)[:, self.index]
+
+    def __repr__(self) -> str:
+        return f"ClassLogProbTarget({self.index})"
 
 
 class NegatedTarget:

@@ -209,6 +209,7 @@ class _Setup:
     resume_dir: Path
     run_hash: str
     workers: int = 0  # decoding processes (:mod:`ais.pipeline`); 0: decode in this process, cached
+    frozen: Any = None  # train.freeze_backbone: the ais.frozen.FrozenBackbone (its backbone stays in eval mode)
 
     @property
     def epochs(self) -> int:
@@ -285,11 +286,13 @@ def train(
     ``FloatingPointError`` when the loss diverges.
     """
     mcfg, tcfg = config_section("model", model_cfg), config_section("train", train_cfg)
+    _check_mlp_head(model, mcfg)
     device = torch.device(device)
     amp = amp_dtype(device)
     data = _split_data(manifest, task, mcfg, tcfg, seed, cache=workers == 0)
     run_hash = _run_hash(mcfg, tcfg, seed, data.data_hash, device, amp)
     setup = _Setup(task, model.to(device), device, amp, seed, tcfg, Path(resume_dir), run_hash, workers)
+    _freeze_backbone(setup, family, data)
     optim = _optimiser(setup, len(data.train_ds))
     state = _resume_or_start(setup, optim)
     logger.info(
@@ -300,6 +303,7 @@ def train(
         ", ".join(f"{k} {v:.4g}" for k, v in data.encoding.items()), task.selection,
     )
     _epoch_loop(setup, data, optim, state, on_epoch_end)
+    _unfreeze_setup(setup, state)
     return _finish(setup, family, data, state)
 
 
@@ -334,6 +338,51 @@ def _split_data(
     y_val_encoded = task.encode(y_val, encoding)
     val_ds = ImageDataset(parts["val"]["path"].tolist(), size, norm, targets=y_val_encoded, cache=cache)
     return _Data(parts, manifest_data_hash(manifest), encoding, train_ds, val_ds, y_val, y_val_encoded)
+
+
+def _check_mlp_head(model: nn.Module, mcfg: Mapping[str, Any]) -> None:
+    """Refuse a model whose MLP head was not built with ``model.mlp`` (``build_model(..., mlp=mcfg["mlp"])``)."""
+    from ais.models import MLP_DEFAULTS, mlp_head
+
+    head = mlp_head(model)
+    if mcfg.get("head") != "mlp" or head is None:
+        return
+    wanted = {**MLP_DEFAULTS, **dict(mcfg.get("mlp") or {})}
+    built = head.spec()
+    if mcfg.get("head_dropout") is not None:  # model.head_dropout overrides the MLP's dropout
+        wanted["dropout"] = float(mcfg["head_dropout"])
+    if {k: (float(v) if k == "dropout" else v) for k, v in wanted.items()} != built:
+        raise ValueError(f"model.mlp is {wanted} but the model's MLP head was built with {built}; build it with "
+                         "ais.models.build_model(..., mlp=model_cfg['mlp'])")
+
+
+def _freeze_backbone(setup: _Setup, family: Family, data: _Data) -> None:
+    """``train.freeze_backbone``: freeze all but the head (:mod:`ais.frozen`); with the feature cache the loop
+    trains ``setup.model`` = the head on cached features (``data``'s datasets replaced)."""
+    if not setup.tcfg.get("freeze_backbone"):
+        return
+    from ais import frozen
+
+    setup.frozen = frozen.freeze_backbone(family, setup.model)
+    if not setup.tcfg.get("cache_features", True):
+        return
+    cached = frozen.cached_datasets(setup.frozen, data.train_ds, data.val_ds, setup.batch_size, setup.device,
+                                    setup.amp)
+    if cached is not None:
+        data.train_ds, data.val_ds = cached
+        setup.model, setup.workers = setup.frozen.head, 0
+
+
+def _unfreeze_setup(setup: _Setup, state: _State) -> None:
+    """After a frozen-backbone training: the whole model again (its best state the whole model's), unfrozen."""
+    if setup.frozen is None:
+        return
+    setup.frozen.release()
+    if setup.model is setup.frozen.model:
+        return
+    assert state.best_state is not None
+    state.best_state = setup.frozen.full_state(state.best_state)
+    setup.model = setup.frozen.model
 
 
 def _run_hash(
@@ -452,6 +501,8 @@ def _train_epoch(setup: _Setup, ds: ImageDataset, optim: _Optim, epoch: int) -> 
     """
     model, device, amp = setup.model, setup.device, setup.amp
     model.train()
+    if setup.frozen is not None:  # train.freeze_backbone: BatchNorm statistics and backbone dropout stay still
+        setup.frozen.keep_eval()
     ds.set_epoch(epoch)
     gen = torch.Generator().manual_seed(int(np.random.SeedSequence([setup.seed, epoch]).generate_state(1)[0]))
     loader = torch.utils.data.DataLoader(ds, batch_size=setup.batch_size, shuffle=True, generator=gen,

@@ -21,6 +21,7 @@ rule finetune_model:
         train=config["train"],
         seed=config["seed"],
         uncertainty=config["uncertainty"],
+        explain=config["explain"],
     threads: 1
     resources:
         gpu=1,

@@ -75,7 +75,7 @@ def test_image_does_not_depend_on_n_images_or_ratings(tmp_path):
 def test_sheet_is_an_ordinary_image_sheet(demo_dir):
     with open(demo_dir / "sheet.csv", newline="") as fh:
         rows = list(csv.DictReader(fh))
-    assert list(rows[0]) == ["path", "score", "mask"]
+    assert list(rows[0]) == ["path", "score", "mask", "label"]
     assert len(rows) == 12
     for row in rows:
         image = demo_dir / row["path"]
@@ -354,3 +354,53 @@ def test_both_kinds_are_common():
     has_lower = np.mean([any(ARTEFACTS[r.type].effect == "lower" for r in d.regions) for d in imgs])
     both = np.mean([len({ARTEFACTS[r.type].effect for r in d.regions}) == 2 for d in imgs])
     assert has_raise > 0.6 and has_lower > 0.6 and both > 0.35
+
+
+# --------------------------------------------------------------------------- labels (real vs generated)
+
+
+def test_label_rule_hand_made():
+    def region(kind: str) -> demo.Region:
+        return demo.Region(kind, "rect", (0, 0, 4, 4), 0.7)
+
+    assert demo.label_of([]) == "real"  # nothing planted
+    assert demo.label_of([region("grain"), region("defocus"), region("chromatic_aberration")]) == "real"
+    for kind in LOWER:
+        assert demo.label_of([region(kind)]) == "generated"
+        assert demo.label_of([region("grain"), region(kind)]) == "generated"  # camera traits do not save it
+    assert set(demo.CLASS_EVIDENCE) == set(demo.CLASSES) == {"real", "generated"}
+    assert demo.CLASSES[-1] == "generated"  # the default explained class is the last one
+
+
+def test_labels_in_sheet_follow_the_regions(demo_dir):
+    sheet = pd.read_csv(demo_dir / "sheet.csv", dtype=str, keep_default_na=False)
+    records = _records(demo_dir)
+    assert len(records) == len(sheet)
+    for record, label in zip(records, sheet["label"]):
+        effects = {r["effect"] for r in record["regions"]}
+        if record["score"] is None:
+            assert label == "" and record["label"] is None  # unlabelled: neither score nor label
+        else:
+            assert label == record["label"] == ("generated" if "lower" in effects else "real")
+    meta = json.loads((demo_dir / "demo.json").read_text())
+    assert meta["label"]["classes"] == ["real", "generated"]
+    assert meta["label"]["evidence"] == {"generated": "lower", "real": "raise"}
+
+
+def test_generated_images_carry_their_evidence_mask(demo_dir):
+    # A generated image has a non-empty generator-artefact mask (its evidence); a real one has none.
+    seen = set()
+    for record in _records(demo_dir):
+        if record["label"] is None:
+            continue
+        m = load_mask(demo_dir / record["mask"])
+        evidence = m[demo.CLASS_EVIDENCE["generated"]]
+        assert evidence.any() == (record["label"] == "generated"), record["path"]
+        seen.add(record["label"])
+    assert seen == {"real", "generated"}
+
+
+def test_both_labels_are_common():
+    labels = [make_image(0, i, 32).label for i in range(200)]
+    share = labels.count("generated") / len(labels)
+    assert 0.6 < share < 0.85, share  # P(at least one generator region) = 0.75, before placement failures

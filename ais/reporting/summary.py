@@ -1,7 +1,8 @@
 """``summary.json``'s content: the report's key figures as plain JSON values.
 
 :func:`summarize` is the whole summary, one block per part of the workflow
-(run, data, training, fusion, top channel crops, heatmaps, uncertainty). Wall time per
+(run, data, training, fusion, top channel crops, heatmaps, uncertainty; ``classification`` for a
+classification run and ``groups`` when images carry a group, :func:`task_blocks`). Wall time per
 stage comes from the rules' benchmark files: per stage the number of jobs,
 the sum of their seconds (compute) and the longest job (:func:`stage_times`).
 The run block (git revision and library versions of the fine-tuning, the
@@ -53,7 +54,47 @@ def summarize(data: ReportData) -> dict[str, Any]:
         },
         "heatmaps": heatmaps_block(data.agreement, data.localization, data.gallery),
         "uncertainty": uncertainty_block(data.metrics, data.predictions, data.agreement),
+        **task_blocks(data),
     }
+
+
+def task_blocks(data: ReportData) -> dict[str, Any]:
+    """``classification`` (classification runs) and ``groups`` (images with a group): only when they apply.
+
+    The regression summary without groups is unchanged by them.
+    """
+    from ais.reporting.classification import class_setup, classification_block
+    from ais.reporting.groups import groups_block
+
+    out: dict[str, Any] = {}
+    setup = class_setup(data.config)
+    if setup is not None:
+        out["classification"] = classification_block(data.predictions, setup, data.agreement["image_id"].tolist())
+        out["classification"]["explained_class_auc"] = data.localization.get("explained_class_auc")
+    config = dict(data.config)
+    n_boot = int((config.get("train") or {}).get("bootstrap", 1000))
+    seed = int(config.get("seed", 0))
+    block = groups_block(data.predictions, data.manifest, data.scores, data.agreement,
+                         _group_metrics(config, setup, n_boot, seed), int((config.get("fusion") or {}).get(
+                             "bootstrap", 1000)), seed, (config.get("data") or {}).get("group_column"))
+    if block is not None:
+        out["groups"] = block
+    return out
+
+
+def _group_metrics(config: Mapping[str, Any], setup: Any, n_boot: int, seed: int):
+    """The task's test metrics of a group's labelled test rows of the predictions."""
+    from ais.reporting.classification import probabilities
+    from ais.tasks.classification import task_from_config
+
+    task = task_from_config(config)  # configured with the classes and the explained class
+
+    def metrics(rows: pd.DataFrame) -> Mapping[str, Any]:
+        y = rows["y_true"].to_numpy(np.float64)
+        pred = probabilities(rows, len(setup.classes)) if setup is not None else rows["y_pred"].to_numpy(np.float64)
+        return task.test_metrics(y, pred, n_boot, seed)
+
+    return metrics
 
 
 def run_block(data: ReportData) -> dict[str, Any]:

@@ -4,8 +4,13 @@ Writes ``results/ablation/shard-{i}.parquet`` (:data:`ais.tables.ABLATION_SCHEMA
 one row per (image, unit). The shard holds the images of shard ``shard`` of
 ``n_shards`` of ``split`` (:func:`ais.data.shard_rows`); an empty shard is
 an empty table with the same schema. Its key-value metadata carries the
-provenance stamp, the shard, the model's weights hash, the resolved target
-layer and the engine's settings.
+provenance stamp, the shard, the model's weights hash, the task (with a
+classifier's classes and explained class: ``task_settings``), the resolved
+target layer and the engine's settings. Classification: ``y_pred`` is the
+explained class's log-odds and ``residual`` the true class's cross-entropy;
+with more than two classes the images of a class other than the explained
+one are ablated a second time, with their class's cross-entropy as the target
+(:class:`ais.ablation.table.ResidualEngines`).
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ from ais.models import load_trained
 from ais.pipeline import iter_batches, loader_workers
 from ais.stages import job, pick_device, stamp
 from ais.tables import ABLATION_SCHEMA
-from ais.tasks import get_task
+from ais.tasks.classification import task_from_spec
 
 logger = logging.getLogger(__name__)
 
@@ -51,20 +56,21 @@ def run(
     device = pick_device(device)
     rows = shard_rows(read_manifest(manifest_path), split, n_shards, shard)
     model, spec = load_trained(model_dir)
-    task = get_task(spec.get("task", "regression"))
+    task = task_from_spec(spec)
     layer = family_for(spec["arch"]).resolve_layer(model, target_layer)
     logger.info("shard %d/%d: %d %s image(s), layer %s, model %s", shard, n_shards, len(rows), split, layer,
                 spec.get("weights_sha256", "?")[:12])
     size, norm = int(spec["input_size"]), spec["normalization"]
     batches = iter_batches(rows, size, norm, batch_size, ("image_id", "y_true"), workers=workers, device=device)
     with ChannelAblation(model, layer, task.target(), channel_batch=channel_batch, device=device) as engine:
-        table = ablate_batches(engine, batches, len(rows), task.error)
+        table = ablate_batches(engine, batches, len(rows), task.error, getattr(task, "residual_target", None))
         engine_info = {**engine.describe(), "size": size, "normalization": norm, "batch_size": batch_size}
     metadata = {
         **stamp(config),
         "shard": {"index": shard, "of": n_shards, "split": split, "images": len(rows)},
         "model": {"weights_sha256": spec.get("weights_sha256"), "arch": spec.get("arch"), "head": spec.get("head"),
                   "task": task.name},
+        "task_settings": task.settings() if hasattr(task, "settings") else {"task": task.name},
         "target_layer": layer,
         "ablation": engine_info,
     }

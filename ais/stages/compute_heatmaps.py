@@ -46,7 +46,7 @@ from ais.stages._heatmap_files import (
     write_figures,
 )
 from ais.tables import HEATMAP_SCHEMA, SCALE_COLUMNS
-from ais.tasks import get_task
+from ais.tasks.classification import task_from_spec
 
 logger = logging.getLogger(__name__)
 
@@ -62,6 +62,7 @@ class _Shard:
     own: np.ndarray  # (N,) bool: the image has its own AIS scores (labelled, ablated)
     ais_weights: np.ndarray  # (N, C)
     direction_weights: np.ndarray  # (N, C)
+    residual: np.ndarray | None = None  # (N,) classification: the true class's cross-entropy (NaN: unlabelled)
 
 
 def run(
@@ -88,10 +89,12 @@ def run(
     family = family_for(spec["arch"])
     layer = family.resolve_layer(model, target_layer)
     data = _read_shard(ablation_shard, scores_path, channels_path, manifest_path, shard, family.n_units(model, layer))
+    if spec.get("classes"):  # a classifier's error is the true class's cross-entropy, not |log-odds - class index|
+        data.residual = _residuals(ablation_shard, data.rows["image_id"].tolist())
     size = int(spec["input_size"])
     logger.info("shard %d: maps of %d image(s), layer %s (%d channels), %d px, on %s",
                 shard, len(data.rows), layer, data.ais_weights.shape[1], size, device)
-    target = get_task(spec.get("task", "regression")).target()
+    target = task_from_spec(spec).target()  # classification: the explained class's log-odds
     methods = configured_methods((config or {}).get("heatmaps", {}).get("optional_methods", ()))
     records = []
     progress = Progress(len(data.rows), f"shard {shard}: maps", logger)
@@ -138,6 +141,12 @@ def _read_shard(ablation_shard: str | os.PathLike, scores_path: str | os.PathLik
                   per_image["y_pred"].to_numpy(np.float64), per_image["own"].to_numpy(bool), ais_w, dir_w)
 
 
+def _residuals(ablation_shard: str | os.PathLike, image_ids: Sequence[str]) -> np.ndarray:
+    """Each image's ``residual`` (the error the ablation table records) ``(N,)``, in ``image_ids`` order."""
+    table = pq.read_table(ablation_shard, columns=["image_id", "residual"]).to_pandas()
+    return table.groupby("image_id", sort=False)["residual"].first().reindex(image_ids).to_numpy(np.float64)
+
+
 def _read_scores(scores_path: str | os.PathLike, image_ids: Sequence[str]) -> pd.DataFrame:
     columns = ["image_id", "channel", "y_pred", "ais_score", "direction"]
     table = ds.dataset(os.fspath(scores_path), format="parquet").to_table(
@@ -167,10 +176,11 @@ def _save_image(folder: Path, data: _Shard, i: int, image: np.ndarray, maps: Map
     io.write_maps(output_file(folder, data.stems[i], ".npz"), {**one, "image": image, "image_id": np.array(rec["image_id"])})
     y_true = float(rec["y_true"]) if pd.notna(rec["y_true"]) else np.nan
     y_pred = float(data.y_pred[i])
+    error = abs(y_pred - y_true) if data.residual is None else float(data.residual[i])
     return {
         "image_id": rec["image_id"], "shard": data.index, "split": rec["split"], "path": rec["path"],
         "file_stem": data.stems[i], "weights": "image" if data.own[i] else "dataset",
-        "y_true": y_true, "y_pred": y_pred, "abs_error": abs(y_pred - y_true) if pd.notna(y_true) else np.nan,
+        "y_true": y_true, "y_pred": y_pred, "abs_error": error if pd.notna(y_true) else np.nan,
         **{col: float(maps[col]) for col in SCALE_COLUMNS},
         **image_figures(one, masks),
     }

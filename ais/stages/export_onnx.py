@@ -33,7 +33,8 @@ from ais.models import load_trained
 from ais.pipeline import iter_batches
 from ais.provenance import file_hash
 from ais.stages import job, stamp
-from ais.tasks import Task, get_task
+from ais.tasks import Task
+from ais.tasks.classification import task_from_spec
 
 logger = logging.getLogger(__name__)
 
@@ -75,7 +76,7 @@ def run(
     """
     started = time.perf_counter()
     model, spec = load_trained(model_dir, "cpu")
-    task = get_task(spec.get("task", "regression"))
+    task = task_from_spec(spec)  # a classifier with its classes
     rows = select_split(read_manifest(manifest_path), split)
     if rows.empty:
         raise ValueError(f"{manifest_path}: no {split} images to check the ONNX export on")

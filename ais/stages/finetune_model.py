@@ -6,9 +6,12 @@
 ``out_dir/resume`` until success) and writes, in ``out_dir``:
 
 - ``model.safetensors`` and ``model.json`` (:func:`ais.models.save_checkpoint`;
-  the spec names the task and its target encoding),
-- ``predictions.parquet`` (:data:`ais.tables.PREDICTIONS_SCHEMA`, every
-  manifest row; metadata: the provenance stamp with ``data_hash``,
+  the spec names the task and its target encoding; for classification its
+  ``classes``, ``explained_class``, ``explained_index`` and ``class_weights``,
+  from which every later stage rebuilds the task: :func:`ais.tasks.classification.task_from_spec`),
+- ``predictions.parquet`` (:func:`ais.tables.predictions_schema`, every
+  manifest row, with its ``group``; classification: ``y_pred`` the explained
+  class's probability, ``pred_class`` and ``prob_0..prob_{K-1}``; metadata: the provenance stamp with ``data_hash``,
   ``best_epoch`` and ``selection``, and ``uncertainty``: whether and how
   Monte-Carlo dropout sampled, or why not); with ``uncertainty.mc_samples`` > 0
   and dropout in the head, the Monte-Carlo dropout columns
@@ -36,12 +39,14 @@ from torch import nn
 from ais import io, uncertainty
 from ais.config import config_section
 from ais.data import read_manifest
+from ais.errors import UserError
 from ais.families import Family, family_for
-from ais.models import build_model, configure_determinism, save_checkpoint, set_seed
+from ais.models import build_model, configure_determinism, save_checkpoint, set_head_dropout, set_seed
 from ais.pipeline import loader_workers
 from ais.stages import job, pick_device, stamp
-from ais.tables import PREDICTIONS_SCHEMA, SPLITS
+from ais.tables import SPLITS, predictions_schema
 from ais.tasks import Task, get_task
+from ais.tasks.classification import resolve_class_weights
 from ais.training import (
     EpochCallback,
     TrainResult,
@@ -66,6 +71,7 @@ def run(
     on_epoch_end: EpochCallback | None = None,
     uncertainty_cfg: Mapping[str, Any] | None = None,
     workers: int = 0,
+    explained_class: str | None = None,
 ) -> dict[str, Any]:
     """Train on the manifest at ``manifest_path``; write the outputs to ``out_dir``; return ``metrics.json``'s content.
 
@@ -79,6 +85,8 @@ def run(
     cores compute). ``on_epoch_end(epoch, record)`` is called after each epoch's resume
     state is on disk. ``uncertainty_cfg``: the config's ``uncertainty``
     section (default: the schema's, 200 samples where the head has dropout).
+    Classification: the classes are the manifest's (metadata ``classes``, written by
+    intake), ``explained_class`` (``explain.class``) the explained one (default: the last).
     """
     started = time.perf_counter()
     out_dir = Path(out_dir)
@@ -87,7 +95,7 @@ def run(
     manifest = read_manifest(manifest_path)
     check_splits(manifest, str(manifest_path))  # before building anything
     device = pick_device(device)
-    task, family = get_task(mcfg["task"]), family_for(mcfg["arch"])
+    task, family = _task(mcfg, tcfg, manifest, manifest_path, explained_class), family_for(mcfg["arch"])
     model, target_layer = _build(mcfg, task, family, seed)  # the layer is checked before training, not after
     result = train(manifest, task, family, model, mcfg, tcfg, seed, device, resume_dir, on_epoch_end,
                    workers=workers if device.type == "cuda" else 0)
@@ -98,7 +106,8 @@ def run(
                      int(tcfg["batch_size"]), device, task)
     mc, mc_info = _mc_dropout(result.model, manifest, mcfg, tcfg, config_section("uncertainty", uncertainty_cfg or {}),
                               seed, task)
-    _write_predictions(out_dir / "predictions.parquet", manifest, y_pred, {**provenance, "uncertainty": mc_info}, mc)
+    _write_predictions(out_dir / "predictions.parquet", manifest, y_pred, {**provenance, "uncertainty": mc_info}, mc,
+                       task)
     _write_history(out_dir, result, task)
     metrics = {
         **split_metrics(manifest, y_pred, task, int(tcfg["bootstrap"]), seed),
@@ -114,6 +123,23 @@ def run(
     return metrics
 
 
+def _task(mcfg: Mapping[str, Any], tcfg: Mapping[str, Any], manifest: pd.DataFrame,
+          manifest_path: str | os.PathLike, explained_class: str | None) -> Task:
+    """``model.task``; a classifier configured with the manifest's classes, the explained class and class weights."""
+    task = get_task(mcfg["task"])
+    if not hasattr(task, "configure"):
+        return task
+    classes = io.read_metadata(manifest_path).get("classes")
+    if not classes:
+        raise UserError(f"{manifest_path}: the manifest names no classes (metadata 'classes'); model.task "
+                        "classification needs a manifest written by intake with data.label_column and data.classes")
+    train_y = manifest.loc[(manifest["split"] == "train") & manifest["y_true"].notna(), "y_true"].to_numpy(np.int64)
+    weights = resolve_class_weights(tcfg.get("class_weights"), train_y, len(classes))
+    task = task.configure(classes, explained_class, weights)
+    logger.info("classification: classes %s, explained %r, class weights %s", list(classes), task.explained, weights)
+    return task
+
+
 def _sections(model_cfg: Mapping[str, Any], train_cfg: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
     """The ``model`` and ``train`` sections with defaults; a missing target layer is ``auto``."""
     mcfg, tcfg = config_section("model", model_cfg), config_section("train", train_cfg)
@@ -126,9 +152,10 @@ def _build(mcfg: Mapping[str, Any], task: Task, family: Family, seed: int) -> tu
     """The seeded, freshly built model (CPU) and its resolved target layer."""
     configure_determinism()
     set_seed(seed)
-    model = build_model(mcfg["arch"], mcfg["head"], mcfg["weights"], progress=False, n_outputs=task.n_outputs)
+    model = build_model(mcfg["arch"], mcfg["head"], mcfg["weights"], progress=False, n_outputs=task.n_outputs,
+                        mlp=mcfg.get("mlp"))
     if mcfg.get("head_dropout") is not None:  # no parameters: the weights and the RNG stream are unchanged
-        family.set_head_dropout(model, float(mcfg["head_dropout"]))
+        set_head_dropout(family, model, float(mcfg["head_dropout"]))
     return model, family.resolve_layer(model, mcfg["target_layer"])
 
 
@@ -181,6 +208,7 @@ def _write_checkpoint(
         "seed": seed,
         "data_hash": result.data_hash,
         **result.encoding,
+        **(task.settings() if hasattr(task, "settings") else {}),
         "best_epoch": result.best_epoch,
         "selection": task.selection,
         "train": dict(tcfg),
@@ -189,22 +217,31 @@ def _write_checkpoint(
 
 
 def _write_predictions(path: Path, manifest: pd.DataFrame, y_pred: np.ndarray, metadata: Mapping[str, Any],
-                       mc: Mapping[str, np.ndarray] | None = None) -> None:
-    """``predictions.parquet``; the Monte-Carlo columns absent from ``mc`` are null."""
+                       mc: Mapping[str, np.ndarray] | None = None, task: Task | None = None) -> None:
+    """``predictions.parquet``; the Monte-Carlo columns absent from ``mc`` are null.
+
+    ``y_pred``: the task's predictions, ``(N,)`` scores or ``(N, K)`` class probabilities (then ``y_pred`` is
+    the explained class's, beside ``pred_class`` and ``prob_k``).
+    """
     mc = mc or {}
     n = len(manifest)
-    table = pa.table(
-        {
-            "image_id": pa.array(manifest["image_id"].astype(str).tolist(), pa.string()),
-            "split": pa.array(manifest["split"].astype(str).tolist(), pa.string()),
-            "y_true": pa.array(manifest["y_true"].to_numpy(np.float64), pa.float64(),
-                               mask=manifest["y_true"].isna().to_numpy()),
-            "y_pred": pa.array(y_pred, pa.float64()),
-            **{name: pa.array(mc[name], pa.float64()) if name in mc else pa.nulls(n, pa.float64())
-               for name in ("mc_mean", "mc_std", "mc_entropy", "mc_mutual_information")},
-        }
-    )
-    io.write_table(path, table, PREDICTIONS_SCHEMA, metadata=metadata)
+    probs = np.asarray(y_pred, dtype=np.float64)
+    k = probs.shape[1] if probs.ndim == 2 else 0
+    group = manifest["group"] if "group" in manifest else pd.Series([None] * n)
+    columns = {
+        "image_id": pa.array(manifest["image_id"].astype(str).tolist(), pa.string()),
+        "split": pa.array(manifest["split"].astype(str).tolist(), pa.string()),
+        "y_true": pa.array(manifest["y_true"].to_numpy(np.float64), pa.float64(),
+                           mask=manifest["y_true"].isna().to_numpy()),
+        "y_pred": pa.array(probs[:, task.explained_index] if k else probs, pa.float64()),
+        **{name: pa.array(mc[name], pa.float64()) if name in mc else pa.nulls(n, pa.float64())
+           for name in ("mc_mean", "mc_std", "mc_entropy", "mc_mutual_information")},
+        "group": pa.array([None if pd.isna(g) else str(g) for g in group], pa.string()),
+    }
+    if k:
+        columns["pred_class"] = pa.array(probs.argmax(axis=1).astype(np.int32), pa.int32())
+        columns.update({f"prob_{j}": pa.array(probs[:, j], pa.float64()) for j in range(k)})
+    io.write_table(path, pa.table(columns), predictions_schema(k), metadata=metadata)
 
 
 def _write_history(out_dir: Path, result: TrainResult, task: Task) -> None:
@@ -228,6 +265,7 @@ def _facts(
         "selection": task.selection,
         "bootstrap": int(tcfg["bootstrap"]),
         **result.encoding,
+        **(task.settings() if hasattr(task, "settings") else {}),
         "n_images": {s: int((manifest["split"] == s).sum()) for s in SPLITS},
         "device": str(device),
         "amp": str(result.amp) if result.amp else "none",
@@ -235,7 +273,8 @@ def _facts(
 
 
 def _log_test(test: Mapping[str, Any]) -> None:
-    values = ", ".join(f"{k.upper()} {_fmt(v['value'])}" for k, v in test.items() if isinstance(v, Mapping))
+    values = ", ".join(f"{k.upper()} {_fmt(v['value'])}" for k, v in test.items()
+                       if isinstance(v, Mapping) and "value" in v)
     logger.info("test (n=%s): %s", test.get("n", "?"), values)
 
 
@@ -247,4 +286,5 @@ def main(smk: Any) -> None:
     with job(smk, gpu=True):
         params = smk.params
         run(smk.input.manifest, Path(smk.output.spec).parent, params.model, params.train, params.seed,
-            uncertainty_cfg=params.uncertainty, workers=loader_workers(smk.threads))
+            uncertainty_cfg=params.uncertainty, workers=loader_workers(smk.threads),
+            explained_class=(getattr(params, "explain", None) or {}).get("class"))

@@ -3,7 +3,9 @@
 Writes ``results/fusion/scores.parquet`` (:data:`ais.fusion.FUSED_SCHEMA`, one
 row per image and unit), ``channels.parquet`` (:data:`ais.fusion.CHANNELS_SCHEMA`,
 one row per unit, with bootstrap intervals) and ``summary.json`` (quadrant
-counts, flipped scores, split-half reliability). Both tables carry the
+counts, each quadrant in the task's words, flipped scores, split-half
+reliability). The task is the one the shards were ablated for (their
+metadata ``task_settings``; regression for older shards). Both tables carry the
 provenance stamp plus ``ais_fusion`` (scope, magnitude, ddof); the channels
 table also ``ais_summary``.
 """
@@ -22,6 +24,8 @@ from ais import io
 from ais.fusion import CHANNELS_SCHEMA, FUSED_SCHEMA, channel_table, fuse, summarize
 from ais.stages import job, stamp
 from ais.tables import ABLATION_SCHEMA
+from ais.tasks import Task
+from ais.tasks.classification import task_from_spec
 
 logger = logging.getLogger(__name__)
 
@@ -45,7 +49,9 @@ def run(
                 magnitude)
     fused = fuse(frame, scope=scope, magnitude=magnitude)
     channels, reliability = channel_table(fused, n_boot=n_boot, seed=seed, n_splits=n_splits)
-    summary = {**summarize(fused, reliability, scope, magnitude), "n_boot": int(n_boot), "seed": int(seed)}
+    words = shard_task(shard_paths).words
+    summary = {**summarize(fused, reliability, scope, magnitude, (words.raises, words.lowers)),
+               "n_boot": int(n_boot), "seed": int(seed)}
     logger.info("fusion: %d of %d signed scores flipped by the z-score (%s); split-half reliability of AIS %.3f",
                 summary["n_flipped"], summary["n_signed"], magnitude, reliability["ais"]["spearman"])
     fusion_meta = {"scope": scope, "magnitude": magnitude, "zscore_ddof": 0, "n_boot": n_boot, "seed": seed}
@@ -57,6 +63,12 @@ def run(
     if out_summary is not None:
         io.write_json(out_summary, io.nan_to_none({**summary, **provenance}))
     return summary
+
+
+def shard_task(shard_paths: Sequence[str | os.PathLike]) -> Task:
+    """The task the first shard was ablated for (metadata ``task_settings``; regression when absent)."""
+    settings = io.read_metadata(shard_paths[0]).get("task_settings") if shard_paths else None
+    return task_from_spec(settings if isinstance(settings, dict) else {"task": "regression"})
 
 
 def read_shards(shard_paths: Sequence[str | os.PathLike]) -> pd.DataFrame:

@@ -5,7 +5,10 @@ key-value metadata the provenance record (key ``provenance``), the number of
 images per split (``counts``), the number of rejected rows (``rejected``)
 and what the split assignment did beyond the sheet's values (``split_notes``:
 blank split cells assigned, a validation part carved out of ``train``; also
-logged); ``rejected.csv`` lists each rejected row with its reason.
+logged), and for classification (``data.label_column``) the class names
+(``classes``; ``y_true`` is an index into them, ``label`` its name) and the
+images per class and split (``class_counts``); ``rejected.csv`` lists each
+rejected row with its reason.
 """
 
 from __future__ import annotations
@@ -53,6 +56,8 @@ def run(
         logger.info("intake: %s", note)
     logger.info("intake: %d images, splits %s", len(manifest), manifest["split"].value_counts().to_dict())
     stamped = stamp({"data": data_cfg, "seed": seed} if config is None else config)
+    if spec.label_column:
+        stamped = {**stamped, **_class_facts(manifest, spec.classes or ())}
     _write(manifest, rejected, manifest_path, rejected_path, stamped)
     return manifest
 
@@ -67,6 +72,14 @@ def main(smk: Any) -> None:
             mask_column="mask" if demo else None,
             config={"data": smk.params.data, "seed": smk.params.seed},
         )
+
+
+def _class_facts(manifest: pd.DataFrame, classes: tuple[str, ...]) -> dict[str, Any]:
+    """``classes`` and ``class_counts`` (images per class and split) of a classification manifest, logged."""
+    counts = {c: {s: int(((manifest["y_true"] == k) & (manifest["split"] == s)).sum()) for s in ("train", "val", "test")}
+              for k, c in enumerate(classes)}
+    logger.info("intake: images per class and split %s", counts)
+    return {"classes": list(classes), "class_counts": counts}
 
 
 def _sheet_spec(data_cfg: Mapping[str, Any], sheet: str | os.PathLike | None, mask_column: str | None) -> SheetSpec:

@@ -1,8 +1,9 @@
 """Rule ``make_demo``: write the offline synthetic realism data set (:mod:`ais.demo`).
 
 Under the output folder: ``images/demo-0000.png`` ..., ``masks/demo-0000.png``
-..., ``sheet.csv`` (an ordinary image sheet: ``path``, ``score``, ``mask``)
-and ``demo.json`` (parameters, artefact types, regions per image). Same
+..., ``sheet.csv`` (an ordinary image sheet: ``path``, ``score``, ``mask``,
+``label``: ``generated`` when the image carries a generator artefact, ``real``
+otherwise; :func:`ais.demo.label_of`) and ``demo.json`` (parameters, artefact types, regions per image). Same
 parameters, same bytes.
 """
 
@@ -39,7 +40,9 @@ def run(out_dir: str | os.PathLike, **demo_params: Any) -> Path:
     write_text(sheet, demo.sheet_csv(rows))
     write_json(out / "demo.json", demo.describe(params, records))
     n_unlabelled = sum(record["score"] is None for record in records)
-    logger.info("demo: %d images (%d unlabelled) of %d px written to %s", params.n_images, n_unlabelled,
+    n_generated = sum(record["label"] == "generated" for record in records)
+    logger.info("demo: %d images (%d unlabelled; labelled %d generated, %d real) of %d px written to %s",
+                params.n_images, n_unlabelled, n_generated, params.n_images - n_unlabelled - n_generated,
                 params.size, out)
     return sheet
 

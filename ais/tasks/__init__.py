@@ -80,3 +80,4 @@ def list_tasks() -> list[str]:
 
 
 from ais.tasks import regression as _regression  # noqa: E402,F401  (registers the built-in task)
+from ais.tasks import classification as _classification  # noqa: E402,F401  (registers the classification task)
