@@ -16,6 +16,8 @@ include: "rules/ablation.smk"
 include: "rules/fusion.smk"
 include: "rules/heatmaps.smk"
 include: "rules/report.smk"
+include: "rules/pruning.smk"
+include: "rules/validity.smk"
 
 
 report: "report/workflow.rst"
