@@ -29,6 +29,9 @@ rule render_heatmaps:
     input:
         figures=f"{R}/heatmaps/shard-{{shard}}/figures.parquet",
         maps=f"{R}/heatmaps/shard-{{shard}}/maps",
+        manifest=f"{R}/data/manifest.parquet",
+        predictions=f"{R}/model/predictions.parquet",
+        spec=f"{R}/model/model.json",
     output:
         panels=directory(f"{R}/heatmaps/shard-{{shard}}/panels"),
     log:
@@ -47,6 +50,7 @@ rule render_heatmaps:
 rule summarize_heatmaps:
     input:
         figures=get_heatmap_figures(),
+        spec=f"{R}/model/model.json",
     output:
         table=f"{R}/heatmaps/agreement.parquet",
         localization=f"{R}/heatmaps/localization.json",

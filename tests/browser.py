@@ -117,6 +117,37 @@ class Browser:
             raise RuntimeError(f"JavaScript error: {result['exceptionDetails']}")
         return result["result"].get("value")
 
+    def click(self, selector: str) -> None:
+        """A real mouse click (pressed, released) at the centre of the first element matching ``selector``."""
+        box = self.evaluate(
+            f"(() => {{ const e = document.querySelector({json.dumps(selector)}); if (!e) return null;"
+            " e.scrollIntoView({block: 'center'}); const r = e.getBoundingClientRect();"
+            " return [r.left + r.width / 2, r.top + r.height / 2]; })()")
+        if box is None:
+            raise LookupError(f"no element matches {selector!r}")
+        for kind in ("mouseMoved", "mousePressed", "mouseReleased"):
+            self.call("Input.dispatchMouseEvent", type=kind, x=box[0], y=box[1], button="left", clickCount=1)
+
+    def type_text(self, selector: str, text: str) -> None:
+        """Focus the element matching ``selector``, clear it and type ``text`` as keyboard input."""
+        self.evaluate(f"(() => {{ const e = document.querySelector({json.dumps(selector)}); e.focus(); e.select(); }})()")
+        if text:
+            self.call("Input.insertText", text=text)
+        else:
+            self.press("Backspace")
+
+    def press(self, key: str) -> None:
+        """Press and release one key (``ArrowRight``, ``ArrowLeft``, ``Escape``, ``Enter``, ``Backspace``) on the focused page."""
+        codes = {"ArrowLeft": 37, "ArrowUp": 38, "ArrowRight": 39, "ArrowDown": 40, "Escape": 27, "Enter": 13, "Backspace": 8}
+        for kind in ("keyDown", "keyUp"):
+            self.call("Input.dispatchKeyEvent", type=kind, key=key, code=key, windowsVirtualKeyCode=codes[key],
+                      nativeVirtualKeyCode=codes[key])
+
+    def select(self, selector: str, value: str) -> None:
+        """Choose ``value`` in a ``<select>`` as a user would (the value, then a ``change`` event)."""
+        self.evaluate(f"(() => {{ const e = document.querySelector({json.dumps(selector)}); e.value = {json.dumps(value)};"
+                      " e.dispatchEvent(new Event('change', {bubbles: true})); })()")
+
     def screenshot(self, path: str | os.PathLike) -> None:
         """A PNG of the whole page (beyond the viewport)."""
         data = self.call("Page.captureScreenshot", format="png", captureBeyondViewport=True)["data"]

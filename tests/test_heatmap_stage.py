@@ -242,7 +242,8 @@ def test_render_shard_one_panel_per_image(tmp_path: Path):
     names = sorted(p.name for p in panels.iterdir())
     assert names == sorted(f"{file_stem(i)}.png" for i in ids)
     with Image.open(panels / "a.png") as im:
-        assert im.mode == "RGB" and im.size == (3 * 8 + 2 * 2, 14 + 8)  # image, AIS, raises; titles
+        # image, AIS, raises: tiles enlarged to 160 px, titles; the caption above, the colour bars below
+        assert im.mode == "RGB" and im.width == 3 * 160 + 2 * 2 and im.height > 14 + 160 + 40
     assert sorted(p.name for p in tmp_path.iterdir()) == ["figures.parquet", "maps", "panels"]  # no temporaries
 
 

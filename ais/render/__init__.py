@@ -37,6 +37,7 @@ from ais.render.canvas import (
     overlay_positive,
     primary,
     resize_map,
+    upsample,
 )
 from ais.render.colours import (
     SEQUENTIAL_LUT_SIZE,
@@ -47,11 +48,23 @@ from ais.render.colours import (
     unsigned_index,
 )
 from ais.render.gallery import dual_key, gallery_figure
-from ais.render.panel import GAP, TITLE_HEIGHT, panel, title, views
+from ais.render.panel import (
+    GAP,
+    MIN_TILE,
+    TITLE_HEIGHT,
+    Caption,
+    caption,
+    panel,
+    short_ids,
+    standalone_panel,
+    title,
+    views,
+)
 from ais.render.png import encode_png, save_png
 
 __all__ = [
-    "GAP", "OUTLINE_GREY", "SEQUENTIAL_LUT_SIZE", "SIGNED_LUT_SIZE", "TITLE_HEIGHT", "Canvas", "blend", "colorize",
-    "dual", "dual_key", "encode_png", "gallery_figure", "lut", "outline", "overlay", "overlay_cam", "overlay_negative",
-    "overlay_positive", "panel", "primary", "resize_map", "save_png", "signed_index", "title", "unsigned_index", "views",
+    "GAP", "MIN_TILE", "OUTLINE_GREY", "SEQUENTIAL_LUT_SIZE", "SIGNED_LUT_SIZE", "TITLE_HEIGHT", "Canvas", "Caption",
+    "blend", "caption", "colorize", "dual", "dual_key", "encode_png", "gallery_figure", "lut", "outline", "overlay",
+    "overlay_cam", "overlay_negative", "overlay_positive", "panel", "primary", "resize_map", "save_png", "short_ids",
+    "signed_index", "standalone_panel", "title", "unsigned_index", "upsample", "views",
 ]

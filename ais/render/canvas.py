@@ -135,3 +135,19 @@ def primary(
 ) -> np.ndarray:
     """Helpful-only map (white to red) with regions where ``harmful <= -harm_threshold`` outlined in grey."""
     return Canvas(image, alpha).primary(helpful, harmful, harm_threshold)
+
+
+def upsample(image: np.ndarray, min_side: int) -> np.ndarray:
+    """``image`` (H, W, 3) enlarged by the smallest whole factor that makes its shorter side >= ``min_side``.
+
+    Nearest neighbour (each pixel becomes a ``k`` x ``k`` block), so the
+    pixels the model saw stay visible; an image already large enough is
+    returned as it is. The maps drawn over it are resized to its new size
+    by the :class:`Canvas`, bilinearly, as for any image.
+    """
+    image = _check_image(image)
+    side = min(image.shape[:2])
+    factor = -(-int(min_side) // side) if side < min_side else 1
+    if factor == 1:
+        return image
+    return np.repeat(np.repeat(image, factor, axis=0), factor, axis=1)

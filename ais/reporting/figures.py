@@ -182,3 +182,53 @@ def _png(fig) -> bytes:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", bbox_inches="tight", metadata={"Software": None})
     return buf.getvalue()
+
+
+#: Embedded previews: at most this many pixels wide, JPEG at this quality (full-resolution files are linked).
+PREVIEW_WIDTH = 1100
+PREVIEW_QUALITY = 82
+#: PNGs at most this large and wide are embedded as they are (line plots stay sharp and small).
+KEEP_PNG_BYTES = 120_000
+
+
+class Preview(bytes):
+    """Image bytes to embed, with their MIME type and the full-resolution file they stand for.
+
+    A ``bytes`` subclass, so code that only passes figures along keeps
+    working; :func:`ais.reporting.markup.img` reads ``mime`` and ``href``
+    (a link relative to the page, or ``None``).
+    """
+
+    mime: str = "image/png"
+    href: str | None = None
+
+
+def preview(png: bytes, href: str | None = None, max_width: int = PREVIEW_WIDTH,
+            quality: int = PREVIEW_QUALITY) -> Preview:
+    """A compressed preview of a PNG figure: JPEG at most ``max_width`` px wide, or the PNG if already small.
+
+    The page's size then depends on how many figures it shows, not on the
+    input size: a 1 MB panel of a 224 px photograph becomes ~100 KB.
+    Already-compressed input (a :class:`Preview`) is returned with ``href`` set.
+    """
+    from PIL import Image
+
+    if isinstance(png, Preview):
+        return _tagged(bytes(png), png.mime, href or png.href)
+    with Image.open(io.BytesIO(png)) as im:
+        if len(png) <= KEEP_PNG_BYTES and im.width <= max_width:
+            return _tagged(png, "image/png", href)
+        rgb = im.convert("RGB")
+    if rgb.width > max_width:
+        rgb = rgb.resize((max_width, max(1, round(rgb.height * max_width / rgb.width))), Image.Resampling.LANCZOS)
+    buf = io.BytesIO()
+    rgb.save(buf, format="JPEG", quality=quality, optimize=True, progressive=True)
+    if buf.tell() >= len(png):  # JPEG is no gain (flat figures): keep the PNG
+        return _tagged(png, "image/png", href)
+    return _tagged(buf.getvalue(), "image/jpeg", href)
+
+
+def _tagged(data: bytes, mime: str, href: str | None) -> Preview:
+    out = Preview(data)
+    out.mime, out.href = mime, href
+    return out

@@ -26,10 +26,19 @@ code,pre{background:#f6f6f6;font-size:0.85em} pre{padding:0.6em;overflow-x:auto;
 
 
 def img(png: bytes, alt: str, caption: str) -> str:
-    """A figure with ``png`` embedded as a data URI, so the page needs no other file."""
-    uri = "data:image/png;base64," + base64.b64encode(png).decode("ascii")
-    return (f'<figure><img src="{uri}" alt="{html.escape(alt)}">'
-            f"<figcaption>{html.escape(caption)}</figcaption></figure>")
+    """A figure with ``png`` embedded as a data URI, so the page needs no other file.
+
+    A :class:`ais.reporting.figures.Preview` brings its MIME type (a JPEG
+    preview) and a link to its full-resolution file (``href``).
+    """
+    mime, href = getattr(png, "mime", "image/png"), getattr(png, "href", None)
+    uri = f"data:{mime};base64," + base64.b64encode(png).decode("ascii")
+    tag = f'<img src="{uri}" alt="{html.escape(alt)}">'
+    more = ""
+    if href:
+        tag = f'<a href="{html.escape(href)}">{tag}</a>'
+        more = f' (<a href="{html.escape(href)}">full resolution</a>)'
+    return f"<figure>{tag}<figcaption>{html.escape(caption)}{more}</figcaption></figure>"
 
 
 def fmt(value: Any, digits: int = 3) -> str:

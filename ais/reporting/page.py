@@ -1,7 +1,11 @@
 """``index.html``: one self-contained page, one function per section.
 
 Every figure is embedded as a data URI, so the page opens from disk and can
-be mailed or put in a paper's supplement as one file. Links to the raw
+be mailed or put in a paper's supplement as one file; large figures and the
+panels as compressed previews of a set width (:func:`ais.reporting.figures.preview`)
+that link their full-resolution files, so the page stays a few MB whatever
+the input size. The heatmap browser (``browser.html``, every explained
+image) is linked from the top and from each panel. Links to the raw
 tables are relative to the page (``results/report/index.html`` ->
 ``../fusion/channels.parquet``). Wording about the model's output comes
 from the task (:class:`ais.tasks.TaskWords`).
@@ -12,35 +16,52 @@ from __future__ import annotations
 import html
 import json
 import logging
+import os
 from pathlib import Path
 from typing import Any, Mapping, Sequence
+from urllib.parse import quote
 
 from ais.map_figures import GALLERY_GROUPS
+from ais.reporting.figures import preview
+from ais.reporting.groups import task_sections
 from ais.reporting.markup import CSS, ci, fmt, img, link, table
+from ais.reporting.validity import validity_section
 from ais.tables import LOCALIZATION_AUCS, SPLITS
 from ais.tasks import TaskWords
 
 logger = logging.getLogger(__name__)
+
+#: The heatmap browser, written beside the page by the build_browser stage.
+BROWSER = "browser.html"
 
 
 Panels = Mapping[str, Sequence[tuple[str, bytes]]]
 
 
 def render_page(summary: Mapping[str, Any], figures: Mapping[str, bytes], panels: Panels,
-                files: Mapping[str, str], page_dir: Path, words: TaskWords, review: Panels | None = None) -> str:
+                files: Mapping[str, str], page_dir: Path, words: TaskWords, review: Panels | None = None,
+                task_panels: Mapping[str, Any] | None = None, sources: Mapping[str, str] | None = None) -> str:
     """The report page: ``summary`` (:func:`ais.reporting.summary.summarize`) with every figure embedded.
 
     ``panels`` are the gallery's per-image panels by group, ``files`` the
     linked tables by label (``"rejected rows"`` is also linked from the data
     section), ``page_dir`` the folder the page is written to, ``review`` the
-    panels of the most uncertain images (Monte-Carlo dropout).
+    panels of the most uncertain images (Monte-Carlo dropout), ``task_panels`` the panels of the
+    classification outcome galleries and of the per-group galleries (:func:`ais.reporting.groups.task_sections`).
+    Figures and panels are embedded as compressed previews (:func:`ais.reporting.figures.preview`) that link
+    their full-resolution file (``sources``: figure name -> path) or, for a panel, the image in the browser.
     """
+    figures = {name: preview(png, _relative(sources.get(name) if sources else None, page_dir))
+               for name, png in figures.items()}
+    panels, review, task_panels = (panel_previews(p) for p in (panels, review or {}, task_panels or {}))
     run, data, training, fusion, maps = (summary[k] for k in ("run", "data", "training", "fusion", "heatmaps"))
     parts = [
         *head(run, data, training),
+        *validity_section(summary.get("validity"), figures),  # warnings at the top, then "Which map to trust"
         *run_section(run),
         *data_section(data, figures, files["rejected rows"], page_dir, words),
         *training_section(training, figures, words),
+        *task_sections(summary, figures, task_panels or {}, words),  # classification and groups, when they apply
         *channels_section(fusion, figures, words),
         *top_section(fusion, figures),
         *gallery_section(figures, panels, words, (run.get("config") or {}).get("heatmaps", {}).get("views")),
@@ -50,6 +71,28 @@ def render_page(summary: Mapping[str, Any], figures: Mapping[str, bytes], panels
         *files_section(files, page_dir),
     ]
     return "\n".join(parts)
+
+
+def browser_link(image_id: str | None = None) -> str:
+    """The heatmap browser beside the page (``browser.html``), opened on ``image_id`` when given."""
+    return BROWSER + (f"#image={quote(image_id, safe='')}" if image_id else "")
+
+
+def panel_previews(obj: Any) -> Any:
+    """Every ``(image_id, png)`` pair in nested mappings and lists as a preview linking the image in the browser."""
+    if isinstance(obj, Mapping):
+        return {k: panel_previews(v) for k, v in obj.items()}
+    if isinstance(obj, tuple) and len(obj) == 2 and isinstance(obj[0], str) and isinstance(obj[1], bytes):
+        return obj[0], preview(obj[1], browser_link(obj[0]))
+    if isinstance(obj, (list, tuple)):
+        return [panel_previews(v) for v in obj]
+    return obj
+
+
+def _relative(path: str | None, page_dir: Path) -> str | None:
+    if not path:
+        return None
+    return Path(os.path.relpath(Path(path).resolve(), page_dir.resolve())).as_posix()
 
 
 def head(run: Mapping[str, Any], data: Mapping[str, Any], training: Mapping[str, Any]) -> list[str]:
@@ -64,7 +107,8 @@ def head(run: Mapping[str, Any], data: Mapping[str, Any], training: Mapping[str,
         '<nav><a href="#run">Run</a><a href="#data">Data</a><a href="#training">Training</a>'
         '<a href="#channels">Channel scores</a><a href="#top">Top channels</a><a href="#gallery">Heatmaps</a>'
         '<a href="#agreement">Agreement</a><a href="#localization">Localisation</a>'
-        '<a href="#uncertainty">Uncertainty</a><a href="#files">Files</a></nav>',
+        '<a href="#uncertainty">Uncertainty</a><a href="#files">Files</a>'
+        f'<a href="{BROWSER}"><b>Browse every image</b></a></nav>',
     ]
 
 
@@ -187,7 +231,9 @@ def gallery_section(figures: Mapping[str, bytes], panels: Panels, words: TaskWor
              "Grad-CAM and saliency use their own [0, 1] scale.</p>",
              *views_part(views),
              img(figures["colour_scale"], "colour scale", "The signed colour scale."),
-             img(figures["gallery"], "heatmap gallery", "Best-, median- and worst-predicted images.")]
+             img(figures["gallery"], "heatmap gallery", "Best-, median- and worst-predicted images."),
+             f'<p>Every explained image, sortable and filterable, each with its panel: <a href="{BROWSER}">the '
+             "heatmap browser</a>. Click a panel below to open its image there.</p>"]
     for group, shown in panels.items():
         what = f"{group}-predicted" if group in GALLERY_GROUPS else f"{group} {words.predicted}"
         parts += [img(png, f"{group}: {image_id}", f"{what}: {image_id}") for image_id, png in shown]
