@@ -154,9 +154,40 @@ def _check_semantics(cfg: Mapping[str, Any], source: str) -> None:
     total = sum(data["splits"].values())
     if abs(total - 1.0) > 1e-6:
         raise ConfigError(f"{source}: key 'data.splits': fractions sum to {total:g}, not 1; adjust train/val/test.")
+    _check_task(cfg, source)
     results = cfg["results"]
     if os.path.isabs(results) or ".." in Path(results).parts:
         raise ConfigError(f"{source}: key 'results': '{results}' must be a relative folder inside the working directory.")
+
+
+def _check_task(cfg: Mapping[str, Any], source: str) -> None:
+    """``model.task`` against the data keys: labels only for classification, its classes, explained class, weights."""
+    data, task = cfg["data"], cfg["model"]["task"]
+    classes, explained, weights = data.get("classes"), cfg["explain"]["class"], cfg["train"]["class_weights"]
+    if task != "classification":
+        given = [k for k, v in (("data.label_column", data.get("label_column")), ("data.classes", classes),
+                                ("explain.class", explained), ("train.class_weights", weights)) if v is not None]
+        if given:
+            raise ConfigError(f"{source}: key '{given[0]}' is set but model.task is '{task}', which reads realism "
+                              f"scores from data.score_column; set model.task: classification to train on labels, "
+                              f"or remove {', '.join(given)}.")
+        return
+    if not data.get("label_column"):
+        raise ConfigError(f"{source}: key 'data.label_column' is required with model.task: classification (the sheet "
+                          f"column of class names; data.score_column '{data['score_column']}' holds regression scores).")
+    if data["score_column"] != "score":
+        raise ConfigError(f"{source}: key 'data.score_column' is set ('{data['score_column']}') but model.task is "
+                          f"classification, which reads classes from data.label_column ('{data['label_column']}'); "
+                          "remove data.score_column or set model.task: regression.")
+    if not classes or len(classes) < 2:
+        raise ConfigError(f"{source}: key 'data.classes': classification needs at least two class names in model-output "
+                          f"order, e.g. [real, generated]; got {classes}.")
+    if explained is not None and explained not in classes:
+        raise ConfigError(f"{source}: key 'explain.class': '{explained}' is not one of data.classes "
+                          f"({', '.join(classes)}).")
+    if isinstance(weights, list) and len(weights) != len(classes):
+        raise ConfigError(f"{source}: key 'train.class_weights': {len(weights)} weights for {len(classes)} classes "
+                          f"({', '.join(classes)}); give one per class, balanced, or null.")
 
 
 WEIGHT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin")
@@ -186,6 +217,8 @@ def check_paths(cfg: Mapping[str, Any], source: str = "config", base: str | os.P
                 what = "is a file, not a folder" if root.exists() else "does not exist"
                 problems.append(f"{source}: key 'data.root': '{data['root']}' {what}; give the folder the sheet's "
                                 "image paths are relative to, or null for the sheet's own folder.")
+        if sheet.is_file() and data.get("label_column") and data.get("on_bad_image") == "error":
+            problems += _label_problems(sheet, data, source)
     model = cfg.get("model", {})
     weights = str(model.get("weights", "none"))
     if weights != "none":
@@ -200,8 +233,27 @@ def check_paths(cfg: Mapping[str, Any], source: str = "config", base: str | os.P
                 f"{model.get('arch')} ({', '.join(_torchvision_weight_names(str(model.get('arch', 'vgg16'))))}), "
                 "nor an existing .safetensors, .pt or .pth file."
             )
+    for key in ("external", "external_fixations"):  # external saliency maps (ais.validity.saliency)
+        folder = (cfg.get("heatmaps") or {}).get(key)
+        if folder is not None and not (base / str(folder)).is_dir():
+            what = "is a file, not a folder" if (base / str(folder)).exists() else "does not exist"
+            problems.append(f"{source}: key 'heatmaps.{key}': '{folder}' {what}; give the folder holding one "
+                            "<image id>.png or .npy map per image, or null.")
     if problems:
         raise ConfigError("\n".join(problems))
+
+
+def _label_problems(sheet: Path, data: Mapping[str, Any], source: str) -> list[str]:
+    """The sheet's label cells that name no class of ``data.classes`` (read now: nothing has run yet)."""
+    from ais.data import SheetError, SheetSpec, label_problems, read_sheet
+
+    try:
+        rows = label_problems(read_sheet(sheet), SheetSpec.from_config(data, sheet=str(sheet)))
+    except SheetError:
+        return []  # unreadable: intake names the problem
+    if not rows:
+        return []
+    return [f"{source}: key 'data.label_column': {sheet}: label cell(s) naming no class:\n" + "\n".join(rows)]
 
 
 def _torchvision_weight_names(arch: str) -> list[str]:
@@ -245,11 +297,13 @@ def check_target_layer(cfg: Mapping[str, Any], source: str = "config", cache: st
     import torch
 
     from ais.families import family_for
+    from ais.models import build_net
     from ais.tasks import get_task
 
     family = family_for(str(model["arch"]))
     with torch.device("meta"):
-        net = family.build(str(model["arch"]), str(model["head"]), get_task(str(model["task"])).n_outputs)
+        net = build_net(family, str(model["arch"]), str(model["head"]), get_task(str(model["task"])).n_outputs,
+                        model.get("mlp"))
     try:
         family.resolve_layer(net, name)
     except ValueError as exc:

@@ -15,16 +15,21 @@ MANIFEST_SCHEMA = pa.schema(
     [
         pa.field("image_id", pa.string(), nullable=False),  # unique, safe as a file name
         pa.field("path", pa.string(), nullable=False),  # data.root joined with the sheet's path
-        pa.field("y_true", pa.float64(), nullable=True),  # realism score; null = unlabelled
+        pa.field("y_true", pa.float64(), nullable=True),  # realism score, or class index (classification); null = unlabelled
         pa.field("split", pa.string(), nullable=False),  # train | val | test | unlabelled
         pa.field("width", pa.int32(), nullable=False),  # after EXIF orientation
         pa.field("height", pa.int32(), nullable=False),
         pa.field("sheet_row", pa.int64(), nullable=False),  # 1-based data row in the sheet
         pa.field("mask", pa.string(), nullable=True),  # ground-truth region masks (demo only)
+        pa.field("label", pa.string(), nullable=True),  # classification: the class name of y_true; null otherwise
+        pa.field("group", pa.string(), nullable=True),  # data.group_column's value; null when not given
     ]
 )
 
-#: results/ablation/shard-{i}.parquet: one row per (image, channel).
+#: results/ablation/shard-{i}.parquet: one row per (image, channel). Regression: y is the score, the residual
+#: ``|y_pred - y_true|``. Classification: ``y_true`` the class index, ``y_pred`` / ``y_pred_ablated`` the explained
+#: class's log-odds ``log p_k - log(1 - p_k)``, the residual the true class's cross-entropy ``-log p_y`` (> 0 change:
+#: the unit was helpful).
 ABLATION_SCHEMA = pa.schema(
     [
         pa.field("image_id", pa.string(), nullable=False),
@@ -51,8 +56,22 @@ PREDICTIONS_SCHEMA = pa.schema(
         pa.field("mc_std", pa.float64(), nullable=True),  # regression: their standard deviation (ddof 0)
         pa.field("mc_entropy", pa.float64(), nullable=True),  # classification: predictive entropy (nats)
         pa.field("mc_mutual_information", pa.float64(), nullable=True),  # classification: entropy - mean entropy
+        pa.field("group", pa.string(), nullable=True),  # the manifest's group (data.group_column); null when not given
     ]
 )
+
+
+def predictions_schema(n_classes: int = 0) -> pa.Schema:
+    """:data:`PREDICTIONS_SCHEMA`; for a classifier of ``n_classes`` also ``pred_class`` and ``prob_0..prob_{K-1}``.
+
+    Classification: ``y_true`` is the true class index, ``y_pred`` the probability of the explained class,
+    ``pred_class`` the most probable class (int32), ``prob_k`` the probability of class ``k`` (``classes`` order).
+    """
+    if n_classes <= 0:
+        return PREDICTIONS_SCHEMA
+    extra = [pa.field("pred_class", pa.int32(), nullable=False)]
+    extra += [pa.field(f"prob_{k}", pa.float64(), nullable=False) for k in range(n_classes)]
+    return pa.schema([*PREDICTIONS_SCHEMA, *extra])
 
 #: Localisation AUC columns of :data:`HEATMAP_SCHEMA` (and keys of localization.json), declared by the
 #: map methods (:attr:`ais.methods.base.LayerMap.localization`), in method order:
@@ -61,6 +80,10 @@ PREDICTIONS_SCHEMA = pa.schema(
 #: map; ``pos_clipped`` / ``neg_clipped`` by max(map, 0) / max(-map, 0) alone (ties at 0);
 #: ``all`` by the map as it is (Grad-CAM is >= 0).
 LOCALIZATION_AUCS = {col: spec for m in list_methods() for col, spec in get_method(m).localization.items()}
+
+#: Per-image statistics of a map declared by the methods (``image_stats``: ``{column: (map, function of the
+#: (H, W) map)}``, e.g. the spatial attention's entropy): nullable columns of :data:`HEATMAP_SCHEMA`.
+IMAGE_STATS = {col: spec for m in list_methods() for col, spec in getattr(get_method(m), "image_stats", {}).items()}
 
 #: Agreement references of :data:`HEATMAP_SCHEMA`: ``{cc,sim,kld}_<reference>`` compare |AIS| with them.
 AGREEMENT_REFERENCES = tuple(m for m in list_methods() if get_method(m).agreement_reference)
@@ -79,7 +102,7 @@ HEATMAP_SCHEMA = pa.schema(
         pa.field("weights", pa.string(), nullable=False),  # AIS channel weights: image (own scores) | dataset
         pa.field("y_true", pa.float64(), nullable=True),  # null = unlabelled
         pa.field("y_pred", pa.float64(), nullable=False),
-        pa.field("abs_error", pa.float64(), nullable=True),  # |y_pred - y_true|
+        pa.field("abs_error", pa.float64(), nullable=True),  # |y_pred - y_true|; classification: true class CE
         *[pa.field(name, pa.float64(), nullable=False) for name in SCALE_COLUMNS],  # max |raw map| divided by
         *[
             pa.field(f"{metric}_{ref}", pa.float64(), nullable=True)  # |AIS| (judged) vs reference
@@ -89,6 +112,7 @@ HEATMAP_SCHEMA = pa.schema(
         pa.field("raise_fraction", pa.float64(), nullable=True),  # pixels in a raise-realism region
         pa.field("lower_fraction", pa.float64(), nullable=True),  # pixels in a lower-realism region
         *[pa.field(name, pa.float64(), nullable=True) for name in LOCALIZATION_AUCS],
+        *[pa.field(name, pa.float64(), nullable=True) for name in IMAGE_STATS],  # NaN: map not computed
     ]
 )
 
@@ -100,6 +124,29 @@ TOP_CHANNELS_SCHEMA = pa.schema(
         ("image_id", pa.string()), ("path", pa.string()), ("peak_activation", pa.float32()),
         ("cell_row", pa.int32()), ("cell_col", pa.int32()),  # the peak's cell of the layer's grid
         ("top", pa.int32()), ("left", pa.int32()), ("side", pa.int32()),  # the crop, input pixels
+    ]
+)
+
+#: results/validity/faithfulness.parquet (rule validity): RISE deletion / insertion, one row per
+#: (image, map, sign); map ``random`` / ``uniform`` are the baselines (ais.validity.faithfulness).
+FAITHFULNESS_SCHEMA = pa.schema(
+    [
+        ("image_id", pa.string()), ("map", pa.string()), ("method", pa.string()),  # method: registry or baseline
+        ("sign", pa.string()), ("steps", pa.int32()),  # sign: pos (most positive first) | neg
+        ("deletion_auc", pa.float64()), ("insertion_auc", pa.float64()),  # normalised (see the module)
+        ("deletion_gain", pa.float64()), ("insertion_gain", pa.float64()),  # > 0: better than the random map
+        ("y_clean", pa.float64()), ("y_deletion_substrate", pa.float64()), ("y_insertion_substrate", pa.float64()),
+        ("scale", pa.float64()),  # the curves' unit: std of the clean outputs over the evaluated images
+        ("deletion_curve", pa.list_(pa.float64())), ("insertion_curve", pa.list_(pa.float64())),  # steps + 1 values
+    ]
+)
+
+#: results/validity/sanity.parquet (rule validity): cascading randomisation, one row per (image, map, depth).
+SANITY_SCHEMA = pa.schema(
+    [
+        ("image_id", pa.string()), ("map", pa.string()), ("method", pa.string()),
+        ("depth", pa.int32()), ("block", pa.string()), ("blocks", pa.int32()),  # blocks randomised from the output
+        ("spearman", pa.float64()), ("spearman_abs", pa.float64()), ("ssim", pa.float64()),  # trained vs randomised
     ]
 )
 

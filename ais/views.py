@@ -24,8 +24,9 @@ regions, harmful map <= -``harm_threshold``, outlined in grey by a
 morphological edge), ``helpful`` (the former primary view: the helpful part
 of the AIS map, white to red, with the same outline), ``gradcam`` /
 ``gradcampp`` (sequential, [0, 1]), ``saliency`` (|gradient|, sequential),
-``input_x_gradient`` (signed) and ``occlusion`` (signed: red where covering
-the region lowers the output).
+``input_x_gradient`` (signed), ``occlusion`` (signed: red where covering
+the region lowers the output) and, for Vision Transformers only,
+``attention`` and ``rollout`` (sequential, [0, 1]).
 
 Add a view: one :func:`register_view` call (ARCHITECTURE.md).
 """
@@ -141,5 +142,13 @@ for _view in (
          lambda c, m, o: c.overlay(m["input_x_gradient"]), "input × gradient summed over colour channels (signed)"),
     View("occlusion", "occlusion", "occ", "signed", ("occlusion",), lambda c, m, o: c.overlay(m["occlusion"]),
          "occlusion sensitivity (red: covering the region lowers the output, blue: raises it)"),
+    View("attention", "class-token attention", "attn", "unit", ("attention",),
+         lambda c, m, o: c.overlay(m["attention"], o.cmap),
+         "a ViT's last-block attention from the class token to each patch, averaged over heads"),
+    View("rollout", "attention rollout", "roll", "unit", ("rollout",), lambda c, m, o: c.overlay(m["rollout"], o.cmap),
+         "a ViT's attention rollout (Abnar & Zuidema 2020): how much of the class token flows from each patch"),
+    View("spatial_attention", "spatial attention", "s-att", "unit", ("spatial_attention",),
+         lambda c, m, o: c.overlay(m["spatial_attention"], o.cmap),
+         "the attention CNN's own spatial attention weights (sigmoid, [0, 1]) on its own scale"),
 ):
     register_view(_view)

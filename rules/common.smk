@@ -90,7 +90,8 @@ _RENDER_KEYS = ("alpha", "harm_threshold", "views")
 
 def get_heatmap_compute_params():
     """The heatmaps options that change the maps (not the rendering): a rendering option reruns only rendering."""
-    return {k: v for k, v in config["heatmaps"].items() if k not in _RENDER_KEYS and k != "gallery"}
+    return {k: v for k, v in config["heatmaps"].items()
+            if k not in _RENDER_KEYS and k not in ("gallery", "external", "external_fixations")}
 
 
 def get_heatmap_render_params():
@@ -114,4 +115,8 @@ def get_final_output():
         *get_heatmap_panels(),
         f"{R}/report/index.html",
         f"{R}/report/summary.json",
+        f"{R}/report/browser.html",
+        *get_pruning_output(),  # rules/pruning.smk
+        *get_validity_output(),  # rules/validity.smk
+        *get_external_output(),
     ]

@@ -46,6 +46,8 @@ rule build_report:
         crops=f"{R}/report/top_channels.parquet",
         crops_figure=f"{R}/report/top_channels.png",
         panels=get_heatmap_panels(),
+        validity=f"{R}/validity/summary.json",  # rules/validity.smk: the section "Which map to trust"
+        faithfulness=f"{R}/validity/faithfulness.parquet",
     output:
         html=f"{R}/report/index.html",
         summary=f"{R}/report/summary.json",
@@ -78,3 +80,29 @@ rule build_report:
         "../envs/ais.yaml"
     script:
         "../workflow_scripts/build_report.py"
+
+
+rule build_browser:
+    input:
+        figures=f"{R}/heatmaps/agreement.parquet",
+        predictions=f"{R}/model/predictions.parquet",
+        spec=f"{R}/model/model.json",
+        scores=f"{R}/fusion/scores.parquet",
+        maps=get_heatmap_maps(),
+        panels=get_heatmap_panels(),
+        faithfulness=f"{R}/validity/faithfulness.parquet",  # rules/validity.smk
+    output:
+        html=f"{R}/report/browser.html",
+        data=f"{R}/report/browser-data.js",
+        thumbs=directory(f"{R}/report/browser/thumbs"),
+    log:
+        f"{LOGS}/report/build_browser.log",
+    benchmark:
+        f"{BENCH}/report/build_browser.tsv"
+    params:
+        views=get_heatmap_render_params()["views"],
+        config=config,
+    conda:
+        "../envs/ais.yaml"
+    script:
+        "../workflow_scripts/build_browser.py"

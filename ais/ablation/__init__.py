@@ -9,7 +9,7 @@ addition of a skip connection, pooling, ...). A *target* callable maps the
 model's output ``(N, ...)`` to one scalar per image ``(N,)``.
 
 :class:`ChannelAblation` computes all channels of a batch of images without
-ever writing into the model's weights, by one of three paths (all equal to
+ever writing into the model's weights, by one of four paths (all equal to
 :func:`naive_ablation` up to float rounding):
 
 ``lowrank``
@@ -28,6 +28,14 @@ ever writing into the model's weights, by one of three paths (all equal to
     input, a downsampled identity, DenseNet's concatenated features); then
     only the rest of the network runs on ``(N * K, C, H, W)`` copies of
     ``A``, copy ``k`` with channel ``c_k`` zeroed, beside the kept tensors.
+``residual``
+    A Vision Transformer block's units (its MLP hidden neurons or attention
+    heads, :mod:`ais.families.vit`): the ablated copies of the residual
+    stream are formed from the one ordinary pass (a neuron's removal is a
+    rank-1 change of the block's output; a head's re-forms the block from its
+    input) and only the later blocks and the head run on them; after the last
+    block of a class-token head only the class token's stream
+    (:mod:`~ais.ablation.residual`).
 ``generic``
     Any model: the whole model runs on ``N * K`` copies of the images with a
     forward hook on the layer that returns its output with channel ``c_k``
@@ -41,7 +49,8 @@ prediction, so a cut that does not match the model's ``forward`` is an error,
 never a silently wrong table.
 
 Modules: :mod:`~ais.ablation.engine` (:class:`ChannelAblation`),
-:mod:`~ais.ablation.cuts` (the torch.fx cuts), :mod:`~ais.ablation.naive`
+:mod:`~ais.ablation.cuts` (the torch.fx cuts), :mod:`~ais.ablation.residual`
+(the ViT residual stream), :mod:`~ais.ablation.naive`
 (the reference), :mod:`~ais.ablation.table` (the output table).
 """
 

@@ -24,11 +24,14 @@ from typing import Any, Mapping, Sequence
 import pandas as pd
 
 from ais.io import read_metadata, write_bytes, write_json, write_text
-from ais.reporting.data import ReportData, report_words
+from ais.reporting.classification import draw_task_figures
+from ais.reporting.data import ReportData
 from ais.reporting.figures import draw_figures
 from ais.reporting.page import render_page
+from ais.reporting.validity import draw_validity_figures
 from ais.reporting.summary import summarize
 from ais.stages import job
+from ais.tasks.classification import task_from_config
 
 logger = logging.getLogger(__name__)
 
@@ -62,6 +65,8 @@ class ReportInputs:
     crops_figure: str
     panels: Sequence[str] = ()
     benchmarks: str | None = None
+    validity: str | None = None  # results/validity/summary.json (rule validity); its section is left out without it
+    faithfulness: str | None = None  # results/validity/faithfulness.parquet: the curves of that section
     config: Mapping[str, Any] = field(default_factory=dict)
 
 
@@ -70,9 +75,12 @@ def run(inputs: ReportInputs, out_html: str, out_summary: str,
     """Write ``index.html`` and ``summary.json`` (and the figures named in ``figure_paths``); returns the summary."""
     t0 = time.perf_counter()
     data = read_inputs(inputs)
-    words = report_words(data.config)
+    words = task_from_config(data.config).words  # a classification task's words name its classes
     summary = summarize(data)
-    figures = draw_figures(data, words) | read_figures(inputs)
+    summary["validity"] = _read_json(inputs.validity) if inputs.validity else None  # "Which map to trust"
+    figures = draw_figures(data, words) | read_figures(inputs) | draw_task_figures(data.predictions, data.config, words)
+    figures |= draw_validity_figures(pd.read_parquet(inputs.faithfulness) if inputs.faithfulness else None,
+                                     summary["validity"])
     panels = read_panels(data.agreement, data.gallery, inputs.panels)
     review = read_panels(data.agreement, {"uncertain": [r["image_id"] for r in summary["uncertainty"]["review"]]},
                          inputs.panels)
@@ -80,7 +88,9 @@ def run(inputs: ReportInputs, out_html: str, out_summary: str,
         write_bytes(path, figures[name])
     page_dir = Path(out_html).parent
     write_text(out_html, render_page(summary, figures, panels, linked_files(inputs, page_dir), page_dir, words,
-                                     review))
+                                     review, read_task_panels(summary, data.agreement, inputs.panels),
+                                     sources={"gallery": inputs.gallery, "crops": inputs.crops_figure,
+                                              "training_curve": inputs.training_curve, **(figure_paths or {})}))
     write_json(out_summary, summary)
     logger.info("report written to %s in %.1f s", out_html, time.perf_counter() - t0)
     return summary
@@ -97,6 +107,7 @@ def main(smk: Any) -> None:
             localization=inp.localization, gallery=inp.gallery, gallery_selection=inp.gallery_selection,
             crops=inp.crops, crops_figure=inp.crops_figure, panels=list(inp.panels),
             benchmarks=params.benchmarks, config=dict(params.config),
+            validity=getattr(inp, "validity", None), faithfulness=getattr(inp, "faithfulness", None),
         )
         figure_paths = {name: getattr(out, name) for name in ("scores", "predicted", "channel_scores", "agreement")}
         run(inputs, out.html, out.summary, figure_paths=figure_paths)
@@ -104,13 +115,14 @@ def main(smk: Any) -> None:
 
 def read_inputs(inputs: ReportInputs) -> ReportData:
     """Every table and value the summary, the figures and the page need."""
+    manifest = pd.read_parquet(inputs.manifest)
     return ReportData(
-        manifest=pd.read_parquet(inputs.manifest),
+        manifest=manifest,
         split_notes=list(read_metadata(inputs.manifest).get("split_notes") or []),
         rejected=read_rejected(inputs.rejected),
         metrics=_read_json(inputs.metrics),
         predictions=pd.read_parquet(inputs.predictions),
-        scores=pd.read_parquet(inputs.scores, columns=["quadrant", "ais_score"]),
+        scores=pd.read_parquet(inputs.scores, columns=score_columns(manifest)),
         channels=pd.read_parquet(inputs.channels),
         fusion=_read_json(inputs.fusion_summary),
         agreement=pd.read_parquet(inputs.agreement),
@@ -120,6 +132,24 @@ def read_inputs(inputs: ReportInputs) -> ReportData:
         gallery=read_gallery(inputs.gallery_selection),
         config=dict(inputs.config),
     )
+
+
+def score_columns(manifest: pd.DataFrame) -> list[str]:
+    """The fusion table's columns the report reads: per-group unit scores need the image, unit and direction."""
+    grouped = "group" in manifest.columns and manifest["group"].notna().any()
+    return ["quadrant", "ais_score"] + (["image_id", "channel", "direction"] if grouped else [])
+
+
+def read_task_panels(summary: Mapping[str, Any], agreement: pd.DataFrame,
+                     panel_dirs: Sequence[str]) -> dict[str, Any]:
+    """The panels of the classification outcome galleries and of each group's gallery (when the summary has them)."""
+    out: dict[str, Any] = {}
+    if "classification" in summary:
+        out["outcomes"] = read_panels(agreement, summary["classification"]["outcomes"]["gallery"], panel_dirs)
+    if "groups" in summary:
+        out["groups"] = {name: read_panels(agreement, chosen, panel_dirs)
+                         for name, chosen in summary["groups"]["gallery"].items()}
+    return out
 
 
 def read_benchmarks(folder: str | os.PathLike | None) -> pd.DataFrame:

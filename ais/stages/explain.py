@@ -96,8 +96,9 @@ def run(
             batch = explainer.explain(x, ids)
             for j in range(len(ids)):
                 rec = rows.iloc[len(records)]
-                _write_image(out_dir, loaded, rec, views[j], image_maps(batch, j))
-                records.append({**rec.to_dict(), **image_row(batch, j, loaded.class_names)})
+                row = image_row(batch, j, loaded.class_names)
+                _write_image(out_dir, loaded, rec, views[j], image_maps(batch, j), row)
+                records.append({**rec.to_dict(), **row})
             progress.update(len(records))
         info = dict(explainer.uncertainty)
     return _write_table(out_dir, loaded, records, info, run_dir, {"mc_samples": mc, "seed": seed,
@@ -108,7 +109,7 @@ def load_run(run_dir: str | os.PathLike, device: Any = None) -> LoadedRun:
     """The finished run in ``run_dir`` (a results folder), checked; :class:`RunError` says what is wrong."""
     from ais.families import family_for
     from ais.models import load_trained
-    from ais.tasks import get_task
+    from ais.tasks.classification import task_from_spec
 
     run_dir = Path(run_dir)
     missing = [f for f in RUN_FILES if not (run_dir / f).is_file()]
@@ -123,12 +124,13 @@ def load_run(run_dir: str | os.PathLike, device: Any = None) -> LoadedRun:
         model, spec = load_trained(run_dir / "model", device)
     except (OSError, ValueError) as exc:
         raise RunError(f"{run_dir}: the trained model cannot be used: {exc}") from None
-    task, family = get_task(spec.get("task", "regression")), family_for(spec["arch"])
+    task, family = task_from_spec(spec), family_for(spec["arch"])
     layer = family.resolve_layer(model, config["model"]["target_layer"])
     _check_ablation(run_dir, spec, layer)
     n_units = family.n_units(model, layer)
     channels = read_channels(run_dir / "fusion" / "channels.parquet", n_units)
-    class_names = [str(c) for c in (spec.get("class_names") or getattr(task, "class_names", None) or ())]
+    names = spec.get("classes") or spec.get("class_names") or getattr(task, "classes", None) or ()
+    class_names = [str(c) for c in names]
     return LoadedRun(model, spec, family, layer, n_units, task, channels, config, device, class_names)
 
 
@@ -244,12 +246,18 @@ def check_images(rows: pd.DataFrame, max_pixels: int | None, on_bad_image: str =
 
 
 def _write_image(out_dir: Path, loaded: LoadedRun, rec: pd.Series, view: np.ndarray,
-                 maps: dict[str, np.ndarray]) -> None:
-    """One image's maps file and panel (the run's views and rendering options)."""
+                 maps: dict[str, np.ndarray], row: dict[str, Any]) -> None:
+    """One image's maps file and panel (the run's views and rendering options; captioned as the workflow's)."""
     heat = loaded.config["heatmaps"]
     io.write_maps(output_file(out_dir / "maps", rec["file_stem"], ".npz"),
                   {**maps, "image": view, "image_id": np.array(rec["image_id"])})
-    arr = render.panel(view, maps, alpha=heat["alpha"], harm_threshold=heat["harm_threshold"], keys=heat["views"])
+    classes = loaded.class_names or None
+    pred_class = classes.index(row["predicted_class"]) if classes and row.get("predicted_class") in classes else None
+    text = render.caption(str(rec["image_id"]), "unlabelled", None, row["prediction"], classes=classes,
+                          explained=loaded.spec.get("explained_class"), pred_class=pred_class,
+                          size=(int(rec["width"]), int(rec["height"])), input_size=view.shape[0])
+    arr = render.standalone_panel(view, maps, text, alpha=heat["alpha"], harm_threshold=heat["harm_threshold"],
+                                  keys=heat["views"])
     render.save_png(output_file(out_dir / "panels", rec["file_stem"], ".png"), arr)
 
 
