@@ -681,6 +681,12 @@ def test_degenerate_flags_on_hand_made_inputs():
     fixed = pattern[None] * rng.uniform(0.5, 2, (8, 1, 1)) + rng.normal(0, 0.01, (8, 16, 16))
     assert degenerate.position_effects(fixed)["mean_map_cc"] > 0.99
     assert any("mean map" in f for f in degenerate.degenerate_flags(maps={"saliency": fixed}))
+    # AIS's harmful part is non-positive by definition: the validity stage marks it unsigned, so it is not flagged
+    from ais.validity.measures import _sign_parts
+
+    assert _sign_parts() == ["helpful", "harmful"]
+    assert not any("one sign" in f for f in degenerate.degenerate_flags(maps={"harmful": -positive},
+                                                                        signed={"harmful": False}))
     # a map zero for every image (Grad-CAM of a class-token ViT's last block) is flagged, not a crash
     zeros = degenerate.position_effects(np.zeros((8, 16, 16)))
     assert zeros["n_images"] == 0 and np.isnan(zeros["peak_share"]) and np.isnan(zeros["mean_map_cc"])

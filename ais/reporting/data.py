@@ -8,7 +8,6 @@ from typing import Any, Mapping
 
 import pandas as pd
 
-from ais.tasks import TaskWords, get_task
 
 logger = logging.getLogger(__name__)
 
@@ -37,8 +36,3 @@ class ReportData:
     gallery: Mapping[str, list[str]]
     config: Mapping[str, Any] = field(default_factory=dict)
     split_notes: list[str] = field(default_factory=list)  # what intake's split did beyond the sheet
-
-
-def report_words(config: Mapping[str, Any]) -> TaskWords:
-    """The words of the configured task (``model.task``; regression when the config names none)."""
-    return get_task((config.get("model") or {}).get("task", "regression")).words

@@ -186,5 +186,14 @@ def degenerate(inp: Inputs) -> tuple[dict[str, Any], list[str]]:
         flipped = float(scored["flipped"].mean()) if len(scored) else None
     position = {name: {k: v for k, v in position_effects(maps).items() if k != "mean_map"}  # the map: too large
                 for name, maps in inp.maps.items()}
-    flags = degenerate_flags(y_pred=y_pred, y_true=y_true, maps=dict(inp.maps), fraction_flipped=flipped)
+    parts = {k: False for k in _sign_parts() if k in inp.maps}  # helpful / harmful: one sign by definition
+    flags = degenerate_flags(y_pred=y_pred, y_true=y_true, maps=dict(inp.maps), fraction_flipped=flipped,
+                             signed=parts)
     return position, list(flags)
+
+
+def _sign_parts() -> list[str]:
+    """The maps that are one sign's part of a signed method's map (AIS's ``helpful`` and ``harmful``)."""
+    from ais.methods import get_method, list_methods
+
+    return [k for m in list_methods() if get_method(m).signed for k in get_method(m).map_names()[1:]]
